@@ -1,0 +1,1 @@
+"""qkdlink: an open, FPGA-offloaded QKD link stack."""
