@@ -1,0 +1,4 @@
+from qkdlink import toolchain
+
+
+toolchain.setup()
