@@ -24,6 +24,23 @@ from amaranth.lib.wiring import In, Out
 __all__ = ["ToeplitzHash"]
 
 
+class _DownCounter:
+    """A counter that counts down to zero, with ``zero`` and ``one`` flags kept in registers beside it."""
+
+    def __init__(self, maximum, *, init=0):
+        self.value = Signal(range(maximum + 1), init=init)
+        self.zero  = Signal(init=init == 0)
+        self.one   = Signal(init=init == 1)
+
+    def load(self, value):
+        """Statements that set the counter to ``value`` (a constant or an expression)."""
+        return [self.value.eq(value), self.zero.eq(value == 0), self.one.eq(value == 1)]
+
+    def step(self):
+        """Statements that count down by one; only valid while the counter is not zero."""
+        return [self.value.eq(self.value - 1), self.zero.eq(self.one), self.one.eq(self.value == 2)]
+
+
 class ToeplitzHash(wiring.Component):
     """Toeplitz hash of a key stream with a seed stream.
 
@@ -32,8 +49,8 @@ class ToeplitzHash(wiring.Component):
     width : int
         Key, seed and hash bits per stream beat (W); a power of two.
     accumulator : int
-        Output bits computed per pass over the key (A); a multiple of ``width``. The core uses about one
-        logic cell and three flip-flops per accumulator bit.
+        Output bits computed per pass over the key (A); a multiple of ``width``. The core uses two flip-flops
+        and ``width / 2 + 2`` four-input LUTs or so per accumulator bit.
     max_n : int
         Largest key length, in bits, that a block may have; sets the width of the counters.
 
@@ -97,40 +114,58 @@ class ToeplitzHash(wiring.Component):
 
         key_beats = Signal(range((self._max_n + W - 1) // W + 1))   # ceil(n / W) of the current block
         m_left    = Signal(range(self._max_n + 1))                  # hash bits this and later passes produce
-        count     = Signal(range(max(A // W, (self._max_n + W - 1) // W) + 1))
 
-        acc       = Signal(A)                   # one output bit of this pass per cell
-        window    = Signal(A)                   # seed bits above the incoming seed beat
-        out       = Signal(A)                   # the previous pass's bits, draining into o_hash
-        out_beats = Signal(range(A // W + 1))
+        # The datapath has no reset: the accumulator is cleared by draining it (zeros shift in), which also
+        # happens after a reset, and the shift register is always preloaded before use. Without a reset and a
+        # clear, a cell is two four-input LUTs at W = 2 (iCE40 flip-flops cannot combine an enable with an
+        # unconditional reset either).
+        acc       = Signal(A, reset_less=True)  # one output bit of this pass per cell
+        window    = Signal(A, reset_less=True)  # seed bits above the incoming seed beat
+
+        # Down-counters of beats, with registered flags that spare the handshakes a wide compare.
+        count     = _DownCounter(max(A // W, (self._max_n + W - 1) // W))   # beats of the current phase
+        shifts    = _DownCounter(A // W, init=A // W)   # drain shifts left; a reset drains garbage away
+        out_beats = _DownCounter(A // W)        # of those, the beats that carry the finished pass's hash
         out_last  = Signal()                    # the draining pass is the block's last
-        out_tail  = Signal(W)                   # mask of the valid bits of the draining pass's final beat
+        out_tail  = Signal(W)                   # mask of the valid bits of the pass's final beat
 
         # The W incoming seed bits sit below the shift register: pass bits arrive in descending seed index, and
         # bit w of a beat is the earlier, so it is the higher one.
         seed = Cat(self.i_seed.payload[::-1], window)
         # Cell i with key lane w needs seed bit s[i0 + i - (c*W + w) + n - 1], which is seed[i + W - 1 - w].
-        terms = Cat(
+        # `keep` holds the mapper to the intended cell: one LUT4 forms the W products for two lanes, one more
+        # folds them into the accumulator or shifts it (abc otherwise merges the shared control signals into
+        # every cell and spends a third LUT4 per cell).
+        terms = Signal(A, attrs={"keep": 1})
+        m.d.comb += terms.eq(Cat(
             Cat(self.i_key.payload[w] & seed[i + W - 1 - w] for w in range(W)).xor()
-            for i in range(A))
+            for i in range(A)))
 
+        # A finished pass drains from the accumulator itself, W bits a beat, while the next pass preloads its
+        # seed; the next pass accumulates once the accumulator is empty.
         accumulate = Signal()
-        with m.If(accumulate):
-            m.d.sync += acc.eq(acc ^ terms)
-            m.d.sync += window.eq(seed[:A])
-
-        # The previous pass drains while the next one preloads and accumulates.
-        last_beat = out_beats == 1
+        drain      = Signal(attrs={"keep": 1})
         m.d.comb += [
-            self.o_hash.valid.eq(out_beats != 0),
-            self.o_hash.p.data.eq(out[:W] & Mux(last_beat, out_tail, (1 << W) - 1)),
-            self.o_hash.p.last.eq(out_last & last_beat),
+            self.o_hash.valid.eq(~out_beats.zero),
+            self.o_hash.p.data.eq(acc[:W] & Mux(out_beats.one, out_tail, (1 << W) - 1)),
+            self.o_hash.p.last.eq(out_last & out_beats.one),
+            drain.eq(~shifts.zero & (out_beats.zero | self.o_hash.ready)),
         ]
-        with m.If(self.o_hash.valid & self.o_hash.ready):
-            m.d.sync += out.eq(out >> W)
-            m.d.sync += out_beats.eq(out_beats - 1)
+        with m.If(accumulate | drain):
+            m.d.sync += acc.eq(Mux(drain, acc >> W, acc ^ terms))
+        with m.If(drain):
+            m.d.sync += shifts.step()
+            with m.If(~out_beats.zero):
+                m.d.sync += out_beats.step()
 
-        pass_bits = Mux(m_left < A, m_left, A)
+        # What the current pass ends with, worked out ahead of its end (m_left changes only there, and a pass
+        # lasts more than a cycle) so that the end of a pass is not one long carry chain.
+        pass_bits = Signal(range(A + 1))        # hash bits of the current pass
+        last_pass = Signal()                    # the current pass is the block's last
+        m.d.sync += [
+            pass_bits.eq(Mux(m_left < A, m_left, A)),
+            last_pass.eq(m_left <= A),
+        ]
         tail_bits = pass_bits[:shift]           # bits in the pass's final beat, if it is not full
         with m.FSM():
             with m.State("IDLE"):
@@ -139,18 +174,18 @@ class ToeplitzHash(wiring.Component):
                     m.d.sync += [
                         key_beats.eq((self.i_block.p.n + W - 1) >> shift),
                         m_left.eq(self.i_block.p.m),
-                        count.eq(A // W),
+                        count.load(A // W),
                     ]
                     m.next = "PRELOAD"
 
             with m.State("PRELOAD"):
-                m.d.comb += self.i_seed.ready.eq(1)
-                with m.If(self.i_seed.valid):
+                m.d.comb += self.i_seed.ready.eq(~count.zero)
+                with m.If(self.i_seed.valid & ~count.zero):
                     m.d.sync += window.eq(seed[:A])
-                    m.d.sync += count.eq(count - 1)
-                    with m.If(count == 1):
-                        m.d.sync += count.eq(key_beats)
-                        m.next = "ACCUMULATE"
+                    m.d.sync += count.step()
+                with m.If(count.zero & shifts.zero):
+                    m.d.sync += count.load(key_beats)
+                    m.next = "ACCUMULATE"
 
             with m.State("ACCUMULATE"):
                 m.d.comb += [
@@ -159,25 +194,21 @@ class ToeplitzHash(wiring.Component):
                     self.i_seed.ready.eq(self.i_key.valid),
                 ]
                 with m.If(accumulate):
-                    m.d.sync += count.eq(count - 1)
-                    with m.If(count == 1):
-                        m.next = "UNLOAD"
-
-            with m.State("UNLOAD"):
-                # Wait for the previous pass to finish draining, then hand this pass's bits over.
-                with m.If(out_beats == 0):
-                    m.d.sync += [
-                        out.eq(acc),
-                        acc.eq(0),
-                        out_beats.eq((pass_bits + W - 1) >> shift),
-                        out_last.eq(m_left <= A),
-                        out_tail.eq(Cat((tail_bits == 0) | (tail_bits > w) for w in range(W))),
-                        m_left.eq(m_left - pass_bits),
-                        count.eq(A // W),
-                    ]
-                    with m.If(m_left <= A):
-                        m.next = "IDLE"
-                    with m.Else():
-                        m.next = "PRELOAD"
+                    m.d.sync += window.eq(seed[:A])
+                    m.d.sync += count.step()
+                    with m.If(count.one):
+                        # The pass is done: drain it, and preload the next one if there is one.
+                        m.d.sync += [
+                            shifts.load(A // W),
+                            out_beats.load((pass_bits + W - 1) >> shift),
+                            out_last.eq(last_pass),
+                            out_tail.eq(Cat((tail_bits == 0) | (tail_bits > w) for w in range(W))),
+                            m_left.eq(m_left - pass_bits),
+                            count.load(A // W),
+                        ]
+                        with m.If(last_pass):
+                            m.next = "IDLE"
+                        with m.Else():
+                            m.next = "PRELOAD"
 
         return m
