@@ -11,8 +11,9 @@ def add_sync_domain(m, platform, frequency):
     """Create the ``sync`` domain of top-level module ``m`` at ``frequency`` (Hz) from the board's clock.
 
     The PLL dividers are searched here rather than copied from ``icepll``/``ecppll``, so any reachable frequency
-    works; the nearest one is used, constrained in nextpnr, and returned. The domain stays in reset until the
-    PLL locks.
+    works; the nearest one is used and returned. nextpnr derives the domain's timing constraint from the PLL
+    settings and the oscillator's own constraint (a constraint on the domain's clock net would name a net that
+    no longer exists after Yosys flattens the design). The domain stays in reset until the PLL locks.
     """
     m.domains.sync = cd_sync = ClockDomain("sync", local=True)
     locked = Signal()
@@ -24,7 +25,6 @@ def add_sync_domain(m, platform, frequency):
     else:
         raise ValueError(f"no PLL for the {platform.family} family")
     m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
-    platform.add_clock_constraint(cd_sync.clk, output)
     return output
 
 

@@ -16,6 +16,9 @@ sequence. A key whose length is not a multiple of W is padded with zero bits at 
 hash).
 """
 
+import operator
+from functools import reduce
+
 from amaranth import *
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -137,9 +140,10 @@ class ToeplitzHash(wiring.Component):
         # folds them into the accumulator or shifts it (abc otherwise merges the shared control signals into
         # every cell and spends a third LUT4 per cell).
         terms = Signal(A, attrs={"keep": 1})
-        m.d.comb += terms.eq(Cat(
-            Cat(self.i_key.payload[w] & seed[i + W - 1 - w] for w in range(W)).xor()
-            for i in range(A)))
+        # Written as W whole-vector operations rather than A*W single bits: the same logic, and a simulator
+        # that evaluates it word by word.
+        lanes = [self.i_key.payload[w].replicate(A) & seed[W - 1 - w:W - 1 - w + A] for w in range(W)]
+        m.d.comb += terms.eq(reduce(operator.xor, lanes))
 
         # A finished pass drains from the accumulator itself, W bits a beat, while the next pass preloads its
         # seed; the next pass accumulates once the accumulator is empty.

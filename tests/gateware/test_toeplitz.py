@@ -5,7 +5,7 @@ import numpy as np
 
 from qkdlink.gateware.toeplitz import ToeplitzHash
 from qkdlink.host.toeplitz import toeplitz_hash
-from qkdlink.sim.toeplitz import hash_blocks
+from qkdlink.sim.toeplitz import beats_to_bits, hash_blocks
 
 
 def random_block(rng, n, m):
@@ -60,55 +60,62 @@ class ToeplitzHashTestCase(unittest.TestCase):
         self.check(blocks, width=4, accumulator=12, max_n=80, stall_seed=None)
 
     def test_full_rate_timing(self):
-        # With no stalls a pass takes A/W preload beats, ceil(n/W) key beats and one unload cycle, and the
-        # previous pass drains meanwhile: count the cycles through the simulator's own clock.
+        # At full rate a pass takes A/W preload beats, one cycle to turn round and ceil(n/W) key beats; the
+        # previous pass drains meanwhile, so the last hash beat leaves ceil(bits of the last pass / W) cycles
+        # after the last pass ends. Driven cycle by cycle and timed by the simulator's clock.
         from amaranth.sim import Simulator
-        from qkdlink.gateware.stream import stream_get, stream_put
-        from qkdlink.sim.toeplitz import key_beats, seed_beats
+        from qkdlink.sim.toeplitz import key_beats, passes, seed_beats
         rng = np.random.default_rng(4)
-        width, accumulator, n, m = 4, 8, 64, 32
-        key, seed, _ = random_block(rng, n, m)
-        dut = ToeplitzHash(width=width, accumulator=accumulator, max_n=n)
-        done = []
+        for width, accumulator, n, m in [(4, 8, 64, 32), (2, 8, 30, 21), (1, 4, 9, 9), (8, 16, 100, 40)]:
+            key, seed, _ = random_block(rng, n, m)
+            dut = ToeplitzHash(width=width, accumulator=accumulator, max_n=n)
+            edges = {}
+            received = []
 
-        async def feed(ctx):
-            await stream_put(ctx, dut.i_block, {"n": n, "m": m})
-        async def keys(ctx):
-            for _ in range(m // accumulator):
-                for beat in key_beats(key, width):
-                    await stream_put(ctx, dut.i_key, beat)
-        async def seeds(ctx):
-            for beats in seed_beats(seed, n, m, accumulator=accumulator, width=width):
-                for beat in beats:
-                    await stream_put(ctx, dut.i_seed, beat)
-        async def hashes(ctx):
-            cycles = 0
-            for _ in range(m // width):
+            async def bench(ctx):
+                queues = {
+                    dut.i_block: [{"n": n, "m": m}],
+                    dut.i_key: key_beats(key, width) * passes(m, accumulator),
+                    dut.i_seed: [beat for beats in seed_beats(seed, n, m, accumulator=accumulator,
+                                                              width=width) for beat in beats],
+                }
                 ctx.set(dut.o_hash.ready, 1)
-                while True:
-                    cycles += 1
-                    _, _, valid = await ctx.tick().sample(dut.o_hash.valid)
-                    if valid:
-                        break
-                    self.assertLess(cycles, 10_000)
-            done.append(cycles)
+                for edge in range(10_000):
+                    for stream, queue in queues.items():
+                        ctx.set(stream.valid, bool(queue))
+                        if queue:
+                            ctx.set(stream.payload, queue[0])
+                    samples = await ctx.tick().sample(dut.i_block.ready, dut.i_key.ready, dut.i_seed.ready,
+                                                      dut.o_hash.valid, dut.o_hash.payload)
+                    for stream, ready in zip(queues, samples[2:5]):
+                        if ready and queues[stream]:
+                            if stream is dut.i_block:
+                                edges["block"] = edge
+                            queues[stream].pop(0)
+                    if samples[5]:
+                        received.append(samples[6].data)
+                        edges["hash"] = edge
+                        if len(received) == -(-m // width):
+                            return
+                self.fail("the hash did not come out")
 
-        sim = Simulator(dut)
-        sim.add_clock(1e-8)
-        for bench in (feed, keys, seeds, hashes):
+            sim = Simulator(dut)
+            sim.add_clock(1e-8)
             sim.add_testbench(bench)
-        sim.run()
-        passes = m // accumulator
-        per_pass = accumulator // width + n // width + 1
-        # The last pass's bits drain after it: A/W beats.
-        self.assertLessEqual(done[0], 2 + passes * per_pass + accumulator // width)
+            sim.run()
+            with self.subTest(width=width, accumulator=accumulator, n=n, m=m):
+                count = passes(m, accumulator)
+                last_bits = m - (count - 1) * accumulator
+                expected = count * (accumulator // width + 1 + -(-n // width)) + -(-last_bits // width)
+                self.assertEqual(edges["hash"] - edges["block"], expected)
+                np.testing.assert_array_equal(beats_to_bits(received, width, m), toeplitz_hash(key, seed, m))
 
     def test_zero_length_block_is_ignored(self):
         rng = np.random.default_rng(5)
         key, seed, m = random_block(rng, 24, 9)
         from amaranth.sim import Simulator
         from qkdlink.gateware.stream import stream_get, stream_put
-        from qkdlink.sim.toeplitz import beats_to_bits, key_beats, seed_beats
+        from qkdlink.sim.toeplitz import key_beats, seed_beats
         dut = ToeplitzHash(width=2, accumulator=4, max_n=32)
         received = []
 
