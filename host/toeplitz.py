@@ -20,7 +20,8 @@ import numpy as np
 from .bits import as_bits
 
 
-__all__ = ["toeplitz_hash", "modified_toeplitz_hash", "seed_length", "modified_seed_length"]
+__all__ = ["toeplitz_hash", "modified_toeplitz_hash", "seed_length", "modified_seed_length",
+           "toeplitz_rounding_error"]
 
 
 # Largest distance from an integer that a convolution value may have before the hash is refused. The analytic
@@ -99,8 +100,8 @@ def _forward(buffer, bits, spectrum):
     np.fft.rfft(buffer, out=spectrum)
 
 
-def _toeplitz_product(x, s, m):
-    """``y = T x`` over GF(2) for the Toeplitz matrix of seed ``s``; lengths are checked by the caller."""
+def _convolution(x, s, m):
+    """Outputs n-1 .. n+m-2 of the linear convolution of ``x`` and ``s``, in floating point."""
     global _executor
     n = x.size
     # Only outputs n-1 .. n+m-2 of the linear convolution are needed; a cyclic convolution of length
@@ -114,13 +115,32 @@ def _toeplitz_product(x, s, m):
     pending.result()
     np.multiply(work.x_spectrum, work.s_spectrum, out=work.x_spectrum)
     np.fft.irfft(work.x_spectrum, work.length, out=work.product)
-    values = work.product[n - 1:n - 1 + m]
+    return work.product[n - 1:n - 1 + m]
+
+
+def _toeplitz_product(x, s, m):
+    """``y = T x`` over GF(2) for the Toeplitz matrix of seed ``s``; lengths are checked by the caller."""
+    values = _convolution(x, s, m)
     rounded = np.rint(values)
     error = float(np.max(np.abs(values - rounded), initial=0.0))
     if error > _ROUNDING_MARGIN:
-        raise ArithmeticError(f"Toeplitz hash of {n} bits to {m} bits: FFT rounding error {error:.3g} "
+        raise ArithmeticError(f"Toeplitz hash of {x.size} bits to {m} bits: FFT rounding error {error:.3g} "
                               f"exceeds {_ROUNDING_MARGIN}; the result would not be exact")
     return (rounded.astype(np.int64) & 1).astype(np.uint8)
+
+
+def toeplitz_rounding_error(key, seed, m):
+    """Largest distance from an integer of the convolution values behind :func:`toeplitz_hash`.
+
+    The hash is exact while this stays below 1/2; it refuses to answer above 1/8. For benchmarks and tests.
+    """
+    x = as_bits(key, name="key")
+    s = as_bits(seed, name="seed")
+    if s.size != seed_length(x.size, m):
+        raise ValueError(f"hashing {x.size} bits to {m} bits needs a seed of {seed_length(x.size, m)} bits, "
+                         f"not {s.size}")
+    values = _convolution(x, s, m)
+    return float(np.max(np.abs(values - np.rint(values)), initial=0.0))
 
 
 def toeplitz_hash(key, seed, m):

@@ -59,5 +59,14 @@ def setup():
             return
         os.environ["VERILATOR_ROOT"] = str(root)
     binary_dir = str(Path(os.environ["VERILATOR_ROOT"]) / "bin")
-    if binary_dir not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = binary_dir + os.pathsep + os.environ.get("PATH", "")
+    _append_path("PATH", binary_dir, first=True)
+    # The `verilator` script is Perl and loads Pod::Usage, which a minimal Debian perl lacks: a stand-in goes
+    # last on Perl's search path, behind any real one.
+    _append_path("PERL5LIB", str(Path(__file__).parent / "perl"), first=False)
+
+
+def _append_path(variable, folder, *, first):
+    parts = [part for part in os.environ.get(variable, "").split(os.pathsep) if part]
+    if folder not in parts:
+        parts = [folder, *parts] if first else [*parts, folder]
+        os.environ[variable] = os.pathsep.join(parts)

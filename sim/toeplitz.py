@@ -18,12 +18,23 @@ from ..gateware.toeplitz import ToeplitzHash
 from ..host.bits import as_bits
 
 
-__all__ = ["passes", "key_beats", "seed_beats", "beats_to_bits", "hash_blocks"]
+__all__ = ["passes", "block_cycles", "key_beats", "seed_beats", "beats_to_bits", "hash_blocks"]
 
 
 def passes(m, accumulator):
     """Number of passes over the key that the core makes to compute ``m`` hash bits."""
     return -(-m // accumulator)
+
+
+def block_cycles(n, m, *, width, accumulator):
+    """Clock cycles from accepting a block to emitting its last hash beat, with no stalls on any stream.
+
+    Each pass takes A/W seed beats of preload, one cycle to turn round and ceil(n/W) key beats; the previous
+    pass drains meanwhile, and the last one drains after: ceil(bits of the last pass / W) beats.
+    """
+    count = passes(m, accumulator)
+    last_bits = m - (count - 1) * accumulator
+    return count * (accumulator // width + 1 + -(-n // width)) + -(-last_bits // width)
 
 
 def _to_beats(bits, width):

@@ -64,7 +64,7 @@ class ToeplitzHashTestCase(unittest.TestCase):
         # previous pass drains meanwhile, so the last hash beat leaves ceil(bits of the last pass / W) cycles
         # after the last pass ends. Driven cycle by cycle and timed by the simulator's clock.
         from amaranth.sim import Simulator
-        from qkdlink.sim.toeplitz import key_beats, passes, seed_beats
+        from qkdlink.sim.toeplitz import block_cycles, key_beats, passes, seed_beats
         rng = np.random.default_rng(4)
         for width, accumulator, n, m in [(4, 8, 64, 32), (2, 8, 30, 21), (1, 4, 9, 9), (8, 16, 100, 40)]:
             key, seed, _ = random_block(rng, n, m)
@@ -104,10 +104,8 @@ class ToeplitzHashTestCase(unittest.TestCase):
             sim.add_testbench(bench)
             sim.run()
             with self.subTest(width=width, accumulator=accumulator, n=n, m=m):
-                count = passes(m, accumulator)
-                last_bits = m - (count - 1) * accumulator
-                expected = count * (accumulator // width + 1 + -(-n // width)) + -(-last_bits // width)
-                self.assertEqual(edges["hash"] - edges["block"], expected)
+                self.assertEqual(edges["hash"] - edges["block"],
+                                 block_cycles(n, m, width=width, accumulator=accumulator))
                 np.testing.assert_array_equal(beats_to_bits(received, width, m), toeplitz_hash(key, seed, m))
 
     def test_zero_length_block_is_ignored(self):
