@@ -1,6 +1,6 @@
 """Gateware Toeplitz throughput on each board, from a real place-and-route, next to the host code on this machine.
 
-    python bench/toeplitz_gateware.py [--board NAME ...]
+    python -m bench.toeplitz_gateware [--board NAME ...]
 
 Builds the Toeplitz bench top for each board with the open toolchain (minutes: the ECP5-85F build takes about
 ten), reads nextpnr's Fmax and utilisation, and reports bit-operations per second (accumulator cells x W x Fmax)
@@ -13,18 +13,15 @@ import argparse
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe                                    # noqa: E402
-
-from qkdlink.boards.build import build                          # noqa: E402
-from qkdlink.boards.platforms import BOARDS                     # noqa: E402
-from qkdlink.boards.toeplitz_top import ToeplitzBenchTop        # noqa: E402
-from qkdlink.host.toeplitz import toeplitz_hash                 # noqa: E402
-from qkdlink.sim.toeplitz import block_cycles                   # noqa: E402
+from bench.machine import describe
+from qkdlink.boards.build import build
+from qkdlink.boards.platforms import BOARDS
+from qkdlink.boards.toeplitz_top import ToeplitzBenchTop
+from qkdlink.host.toeplitz import toeplitz_hash
+from qkdlink.sim.toeplitz import block_cycles
 
 
 # The block each board is measured with: its largest key block, hashed to half.

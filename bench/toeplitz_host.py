@@ -1,6 +1,6 @@
 """Host Toeplitz hashing throughput, next to a plain numpy FFT convolution measured in the same run.
 
-    python bench/toeplitz_host.py [--max-log2 24] [--repeat 5]
+    python -m bench.toeplitz_host [--max-log2 24] [--repeat 5]
 
 For n = 2^16 ... 2^24 and m = n/2, reports Mbit/s of input (the best of --repeat runs after a warm-up, as a
 stream of equal blocks would see) and the largest distance of any convolution value from an integer, the margin
@@ -8,16 +8,12 @@ that keeps the FFT exact (it must stay far below 1/2; the hash refuses anything 
 """
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe                                            # noqa: E402
-
-from qkdlink.host.toeplitz import toeplitz_hash, toeplitz_rounding_error  # noqa: E402
+from bench.machine import describe
+from qkdlink.host.toeplitz import toeplitz_hash, toeplitz_rounding_error
 
 
 def plain_fft_hash(x, s, m):

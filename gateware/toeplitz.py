@@ -52,8 +52,8 @@ class ToeplitzHash(wiring.Component):
     width : int
         Key, seed and hash bits per stream beat (W); a power of two.
     accumulator : int
-        Output bits computed per pass over the key (A); a multiple of ``width``. The core uses two flip-flops
-        and ``width / 2 + 2`` four-input LUTs or so per accumulator bit.
+        Output bits computed per pass over the key (A); a multiple of ``width``. Each accumulator bit costs
+        two flip-flops and, at W = 2, two four-input LUTs (four at W = 4).
     max_n : int
         Largest key length, in bits, that a block may have; sets the width of the counters.
 

@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """The gateware Toeplitz core as Verilog under Verilator, driven by cocotb, against the host model.
 
 The pytest entry points at the bottom convert the Amaranth core to Verilog, build it with Verilator and run the
