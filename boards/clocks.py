@@ -1,10 +1,15 @@
 """The system clock: a PLL from the board's oscillator to the frequency the gateware is built for."""
 
 from amaranth import *
+from amaranth.lib import io
 from amaranth.lib.cdc import ResetSynchronizer
 
 
 __all__ = ["add_sync_domain", "ice40_pll_settings", "ecp5_pll_settings"]
+
+
+# How far from the wanted frequency a PLL output may be.
+_TOLERANCE = 0.01
 
 
 def add_sync_domain(m, platform, frequency):
@@ -45,7 +50,7 @@ def ice40_pll_settings(reference, frequency):
                 if 16e6 <= output <= 275e6 and (best is None or abs(output - frequency) <
                                                  abs(best[3] - frequency)):
                     best = (divr, divf, divq, output)
-    if best is None:
+    if best is None or abs(best[3] - frequency) > _TOLERANCE * frequency:
         raise ValueError(f"an iCE40 PLL cannot make {frequency / 1e6:.3f} MHz from "
                          f"{reference / 1e6:.3f} MHz")
     return best
@@ -71,7 +76,7 @@ def _ice40_pll(m, platform, reference, frequency, clk, locked):
 def ecp5_pll_settings(reference, frequency):
     """``(CLKI_DIV, CLKFB_DIV, CLKOP_DIV, output frequency)`` closest to ``frequency``
     (ECP5 sysCLOCK guide: PFD 3.125..400 MHz, VCO 400..800 MHz, output 3.125..400 MHz)."""
-    best = None
+    best = best_key = None
     for clki_div in range(1, 129):
         pfd = reference / clki_div
         if not 3.125e6 <= pfd <= 400e6:
@@ -81,18 +86,20 @@ def ecp5_pll_settings(reference, frequency):
             if not 3.125e6 <= output <= 400e6:
                 continue
             for clkop_div in range(1, 129):
-                if 400e6 <= output * clkop_div <= 800e6:
-                    if best is None or abs(output - frequency) < abs(best[3] - frequency):
-                        best = (clki_div, clkfb_div, clkop_div, output)
-                    break
-    if best is None:
+                vco = output * clkop_div
+                if 400e6 <= vco <= 800e6:
+                    # The closest frequency first; then, as ecppll, the VCO nearest the middle of its range.
+                    key = (abs(output - frequency), abs(vco - 600e6))
+                    if best is None or key < best_key:
+                        best, best_key = (clki_div, clkfb_div, clkop_div, output), key
+    if best is None or abs(best[3] - frequency) > _TOLERANCE * frequency:
         raise ValueError(f"an ECP5 PLL cannot make {frequency / 1e6:.3f} MHz from "
                          f"{reference / 1e6:.3f} MHz")
     return best
 
 
 def _ecp5_pll(m, platform, reference, frequency, clk, locked):
-    clock = platform.request(platform.default_clk, dir="i")
+    m.submodules.clock_buffer = clock = io.Buffer("i", platform.request(platform.default_clk, dir="-"))
     clki_div, clkfb_div, clkop_div, output = ecp5_pll_settings(reference, frequency)
     m.submodules.pll = Instance("EHXPLLL",
         a_FREQUENCY_PIN_CLKI=str(reference / 1e6),

@@ -6,7 +6,7 @@ comes with the board tops of the protocol stack.
 """
 
 from amaranth import *
-from amaranth.lib import wiring
+from amaranth.lib import io
 
 from ..gateware.toeplitz import ToeplitzHash
 from .clocks import add_sync_domain
@@ -73,5 +73,6 @@ class ToeplitzBenchTop(Elaboratable):
         folded = Signal()
         with m.If(core.o_hash.valid):
             m.d.sync += folded.eq(folded ^ core.o_hash.p.data.xor())
-        m.d.comb += platform.request("led", 0).o.eq(folded)
+        m.submodules.led = led = io.Buffer("o", platform.request("led", 0, dir="-"))
+        m.d.comb += led.o.eq(folded)
         return m
