@@ -14,9 +14,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --editable '.[test]'
 	touch $@
 
-# The main job: privacy amplification of a fresh random key, by the host code and by the gateware core in
-# simulation, which must agree bit for bit.
+# The main job: a simulated QKD link from photons to identical secret keys; then privacy amplification of a
+# fresh random key by the host code and by the gateware core in simulation, which must agree bit for bit.
 demo: setup
+	$(BIN)/qkd demo
 	$(BIN)/qkd random 4096 --output $(DEMO)/key.bin
 	$(BIN)/qkd random 6143 --output $(DEMO)/seed.bin
 	$(BIN)/qkd pa $(DEMO)/key.bin --seed $(DEMO)/seed.bin --output-bits 2048 --output $(DEMO)/hashed.bin \

@@ -57,8 +57,11 @@ def _read(path, what):
         raise CLIError(f"cannot read {what} file {str(path)!r}: {error.strerror}") from None
 
 
-def _write(path, data):
-    """Write ``data`` to ``path`` whole or not at all: a temporary file beside it, then a rename."""
+def _write(path, data, *, secret=False):
+    """Write ``data`` to ``path`` whole or not at all: a temporary file beside it, then a rename.
+
+    A ``secret`` file (key material) is readable by its owner only; others follow the umask.
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -66,6 +69,10 @@ def _write(path, data):
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
+        if not secret:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(file.name, 0o666 & ~umask)
         os.replace(file.name, path)
     except OSError as error:
         raise CLIError(f"cannot write {str(path)!r}: {error.strerror}") from None
@@ -110,7 +117,7 @@ def run_random(args):
     data = bytearray(secrets.token_bytes((args.bits + 7) // 8))
     if args.bits % 8:
         data[-1] &= (1 << (args.bits % 8)) - 1            # padding bits are zero, as docs/bit-order.md says
-    _write(args.output, bytes(data))
+    _write(args.output, bytes(data), secret=True)
     logger.info("wrote %d random bits from the operating system's entropy source to %s", args.bits, args.output)
 
 
@@ -187,7 +194,7 @@ def run_pa(args):
             logger.info("gateware and host hash agree: %d bits, fingerprint %s", m,
                         _fingerprint(pack_bits(hashed)))
     output = pack_bits(hashed)
-    _write(args.output, output)
+    _write(args.output, output, secret=True)
     logger.info("wrote %d hashed bits to %s (fingerprint %s)", m, args.output, _fingerprint(output))
 
 
@@ -212,6 +219,299 @@ def _pa_gateware(args, key, seed, m):
     return hashed
 
 
+# ---------------------------------------------------------------------------------------------- qkd demo
+
+# The link the demo simulates unless told otherwise: Lim et al.'s receiver and fibre, and a source setting that
+# gives key from blocks of 10^6 sifted bits at 25 km (found by a search over Lim's channel model; Lim et al.
+# optimise per distance and block size). Dead time and afterpulsing are off by default, as in Lim et al.'s model:
+# afterpulses land in slots of every intensity and eat into the decoy bounds (try --afterpulse 0.04).
+DEMO_INTENSITIES = (0.6, 0.2, 2e-4)
+DEMO_PROBABILITIES = (0.5, 0.3, 0.2)
+DEMO_P_Z = 0.8
+
+
+def add_link_arguments(parser):
+    """Options that describe a simulated link (shared by ``demo`` and ``sweep``)."""
+    from .sim.optics import Receiver
+    receiver = Receiver()
+    link = parser.add_argument_group("link (defaults: Lim et al., PRA 89 022307, 2014)")
+    link.add_argument("--attenuation", metavar="DB_PER_KM", type=float, default=0.2,
+                      help="fibre attenuation (default: %(default)s dB/km)")
+    link.add_argument("--intensities", metavar="MU", type=float, nargs=3, default=DEMO_INTENSITIES,
+                      help="signal, decoy and weakest mean photon numbers (default: %(default)s)")
+    link.add_argument("--probabilities", metavar="P", type=float, nargs=3, default=DEMO_PROBABILITIES,
+                      help="probabilities of the three intensities (default: %(default)s)")
+    link.add_argument("--p-z", metavar="P", type=float, default=DEMO_P_Z,
+                      help="probability of the Z (key) basis at Alice and at Bob's splitter "
+                           "(default: %(default)s)")
+    link.add_argument("--efficiency", metavar="ETA", type=float, default=receiver.efficiency,
+                      help="Bob's detection efficiency (default: %(default)s)")
+    link.add_argument("--dark-count", metavar="P", type=float, default=receiver.dark_count,
+                      help="dark-count probability per detector and slot (default: %(default)s)")
+    link.add_argument("--misalignment", metavar="E", type=float, default=receiver.misalignment,
+                      help="optical misalignment error (default: %(default)s)")
+    link.add_argument("--dead-time", metavar="SLOTS", type=int, default=0,
+                      help="detector dead time (default: %(default)s slots)")
+    link.add_argument("--afterpulse", metavar="P", type=float, default=0.0,
+                      help="afterpulse probability per click (default: %(default)s)")
+    link.add_argument("--eps-sec", metavar="EPS", type=float, default=1e-10,
+                      help="secrecy parameter of the finite-key bound (default: %(default)s)")
+    link.add_argument("--eps-cor", metavar="EPS", type=float, default=1e-15,
+                      help="correctness parameter: verification hash collision bound (default: %(default)s)")
+    link.add_argument("--seed", metavar="SEED", type=int, default=None,
+                      help="seed the simulation for a reproducible run (default: a fresh one, printed)")
+
+
+def _bench(args, distance, eavesdropper=None):
+    from .sim.optics import Fibre, OpticalBench, Receiver, Source
+    try:
+        return OpticalBench(
+            source=Source(intensities=tuple(args.intensities), probabilities=tuple(args.probabilities),
+                          p_z=args.p_z),
+            fibre=Fibre(length_km=distance, attenuation_db_per_km=args.attenuation),
+            receiver=Receiver(p_z=args.p_z, efficiency=args.efficiency, dark_count=args.dark_count,
+                              misalignment=args.misalignment, dead_time=args.dead_time,
+                              afterpulse=args.afterpulse),
+            eavesdropper=eavesdropper)
+    except ValueError as error:
+        raise CLIError(str(error)) from None
+
+
+def _settings(args):
+    from .host.finite_key import DecoySettings
+    from .host.protocol import ProtocolSettings
+    try:
+        return ProtocolSettings(DecoySettings(tuple(args.intensities), tuple(args.probabilities)),
+                                eps_sec=args.eps_sec, eps_cor=args.eps_cor)
+    except ValueError as error:
+        raise CLIError(str(error)) from None
+
+
+def _simulation_seed(args):
+    seed = args.seed if args.seed is not None else secrets.randbits(32)
+    logger.info("simulation seed %d (rerun with --seed %d to reproduce; simulated randomness is not for real "
+                "keys)", seed, seed)
+    return seed
+
+
+def _reference_rates(bench):
+    """(asymptotic decoy-state rate, PLOB bound) per pulse for the bench's channel."""
+    from .host.finite_key import asymptotic_rate, plob_bound
+    from .sim.optics import transmittance
+    channel = transmittance(bench.fibre)
+    asymptotic = asymptotic_rate(channel * bench.receiver.efficiency, dark_count=2 * bench.receiver.dark_count,
+                                 misalignment=bench.receiver.misalignment,
+                                 intensity=bench.source.intensities[0], p_z=bench.source.p_z)
+    return asymptotic, plob_bound(channel)
+
+
+def add_demo_arguments(parser):
+    parser.add_argument("-d", "--distance", metavar="KM", type=float, default=25.0,
+                        help="fibre length (default: %(default)s km)")
+    parser.add_argument("-n", "--block-bits", metavar="BITS", type=_positive, default=10**6,
+                        help="sifted key bits per block, about (default: %(default)s)")
+    parser.add_argument("-b", "--blocks", metavar="COUNT", type=_positive, default=1,
+                        help="number of blocks (default: %(default)s)")
+    parser.add_argument("--eve", choices=("none", "intercept-resend", "pns"), default="none",
+                        help="eavesdropper on the quantum channel (default: %(default)s)")
+    parser.add_argument("--eve-fraction", metavar="F", type=float, default=1.0,
+                        help="fraction of pulses Eve intercepts and resends (default: %(default)s)")
+    parser.add_argument("-o", "--output", metavar="DIR", default="build/link",
+                        help="folder for the key files alice.key, bob.key and their figures "
+                             "(default: %(default)s)")
+    add_link_arguments(parser)
+
+
+def _eavesdropper(args):
+    from .sim.optics import InterceptResend, PhotonNumberSplitting
+    try:
+        match args.eve:
+            case "intercept-resend":
+                return InterceptResend(fraction=args.eve_fraction)
+            case "pns":
+                return PhotonNumberSplitting()
+    except ValueError as error:
+        raise CLIError(str(error)) from None
+    return None
+
+
+def _print_block(block, pulses, asymptotic, plob):
+    alice, bob = block.alice, block.bob
+    figures = bob.figures if "counts" in bob.figures else alice.figures
+    print(f"block {alice.block}: {pulses:,} pulses, {figures.get('detections', 0):,} detections")
+    counts = figures.get("counts")
+    if counts is not None:
+        print(f"  {'':24}{'signal':>12}{'decoy':>12}{'weakest':>12}")
+        for name, values in (("Z basis (raw key)", counts.n_z), ("X basis (test)", counts.n_x),
+                             ("X basis errors", counts.m_x)):
+            print(f"  {name:24}" + "".join(f"{int(value):>12,}" for value in values))
+    if "qber_z" in bob.figures:
+        print(f"  QBER: Z {100 * bob.figures['qber_z']:.2f} % (corrected by Cascade), "
+              f"X {100 * bob.figures['qber_x']:.2f} %")
+    elif "qber_x" in figures:
+        print(f"  QBER: X {100 * figures['qber_x']:.2f} %")
+    finite = bob.figures.get("finite_key")
+    if finite is not None:
+        print(f"  decoy bounds: s_Z0 >= {finite.s_z0:,.0f}, s_Z1 >= {finite.s_z1:,.0f}, "
+              f"phase error phi_Z <= {100 * finite.phi_z:.2f} %")
+        from .host.finite_key import binary_entropy
+        n = sum(counts.n_z)
+        qber = bob.figures["qber_z"]
+        efficiency = finite.leak_ec / (n * binary_entropy(qber)) if 0 < qber < 0.5 else float("nan")
+        print(f"  reconciliation: {finite.leak_ec:,} bits leaked in {bob.figures['round_trips']} round trips, "
+              f"f = {efficiency:.3f}")
+    if block.keys_equal:
+        from .host.bits import pack_bits
+        rate = alice.figures["secret_bits"] / pulses
+        print(f"  secret key: {alice.figures['secret_bits']:,} bits, {rate:.3e} per pulse "
+              f"(asymptotic decoy-state rate {asymptotic:.3e}, PLOB bound {plob:.3e})")
+        print(f"  Alice's and Bob's keys are equal: fingerprint {_fingerprint(pack_bits(alice.key))}")
+    else:
+        reason = alice.abort_reason or bob.abort_reason
+        print(f"  aborted, no key: {reason}")
+
+
+def _write_keys(directory, blocks):
+    """Each side's keys, block after block, and a JSON file of every block's figures."""
+    import json
+    from .host.bits import pack_bits
+    for side in ("alice", "bob"):
+        data = bytearray()
+        records = []
+        for block in blocks:
+            result = getattr(block, side)
+            record = {"block": result.block, "aborted": result.aborted, "abort_reason": result.abort_reason}
+            finite = result.figures.get("finite_key")
+            counts = result.figures.get("counts")
+            if counts is not None:
+                record.update(n_z=list(counts.n_z), n_x=list(counts.n_x), m_x=list(counts.m_x))
+            for name in ("pulses", "detections", "qber_x", "qber_z", "round_trips", "leaked_bits"):
+                if name in result.figures:
+                    record[name] = result.figures[name]
+            if finite is not None:
+                record.update(s_z0=finite.s_z0, s_z1=finite.s_z1, phi_z=finite.phi_z,
+                              eps_sec=finite.eps_sec, eps_cor=finite.eps_cor)
+            if not result.aborted:
+                packed = pack_bits(result.key)
+                record.update(bits=int(result.key.size), offset=len(data), fingerprint=_fingerprint(packed))
+                data += packed
+            records.append(record)
+        _write(Path(directory) / f"{side}.key", bytes(data), secret=True)
+        _write(Path(directory) / f"{side}.json", json.dumps(records, indent=1).encode())
+
+
+def run_demo(args):
+    from .sim.link import pulses_for, run_link
+    bench = _bench(args, args.distance, _eavesdropper(args))
+    settings = _settings(args)
+    seed = _simulation_seed(args)
+    pulses = pulses_for(bench, args.block_bits)
+    asymptotic, plob = _reference_rates(bench)
+    logger.info("%s km of fibre at %s dB/km, %s; %d block(s) of %s pulses", args.distance, args.attenuation,
+                "no eavesdropper" if args.eve == "none" else f"eavesdropper: {args.eve}", args.blocks,
+                f"{pulses:,}")
+    progress = _Progress(args.blocks, "running the link", "blocks")
+    try:
+        blocks = run_link(bench, settings, pulses=pulses, blocks=args.blocks, seed=seed, progress=progress)
+    finally:
+        progress.close()
+    for block in blocks:
+        _print_block(block, pulses, asymptotic, plob)
+    _write_keys(args.output, blocks)
+    kept = sum(block.keys_equal for block in blocks)
+    logger.info("%d of %d blocks gave a key; keys and figures in %s/", kept, len(blocks), args.output)
+    if any(not block.alice.aborted and not block.keys_equal for block in blocks):
+        raise CLIError("Alice and Bob hold different keys: this is a bug, please report it")
+
+
+# ---------------------------------------------------------------------------------------------- qkd sweep
+
+def add_sweep_arguments(parser):
+    parser.add_argument("--distances", metavar="KM", type=float, nargs=3, default=(0.0, 150.0, 10.0),
+                        help="first, last and step of the fibre lengths (default: %(default)s)")
+    parser.add_argument("-n", "--block-bits", metavar="BITS", type=_positive, default=10**6,
+                        help="sifted key bits per simulated block, about (default: %(default)s)")
+    parser.add_argument("-o", "--output", metavar="PREFIX", default="build/sweep",
+                        help="write PREFIX.md (table) and PREFIX.png (plot) (default: %(default)s)")
+    add_link_arguments(parser)
+
+
+def run_sweep(args):
+    import math
+    from .host.finite_key import expected_counts, secret_length, binary_entropy
+    from .sim.link import pulses_for, run_link
+    from .sim.optics import transmittance
+
+    first, last, step = args.distances
+    if step <= 0 or last < first or first < 0:
+        raise CLIError(f"--distances wants FIRST <= LAST and STEP > 0, not {first:g} {last:g} {step:g}")
+    distances = [first + index * step for index in range(int((last - first) / step + 1e-9) + 1)]
+    settings = _settings(args)
+    seed = _simulation_seed(args)
+    rows = []
+    progress = _Progress(len(distances), "sweeping", "distances")
+    try:
+        for index, distance in enumerate(distances):
+            bench = _bench(args, distance)
+            pulses = pulses_for(bench, args.block_bits)
+            [block] = run_link(bench, settings, pulses=pulses, seed=[seed, index])
+            simulated = block.alice.figures["secret_bits"] / pulses if block.keys_equal else 0.0
+            # The same block size in the channel model, without statistical fluctuations.
+            eta = transmittance(bench.fibre) * bench.receiver.efficiency
+            counts = expected_counts(pulses, settings.decoy, transmittance=eta,
+                                     dark_count=2 * bench.receiver.dark_count,
+                                     misalignment=bench.receiver.misalignment, p_z=bench.source.p_z,
+                                     afterpulse=bench.receiver.afterpulse)
+            qber = sum(counts.m_x) / max(sum(counts.n_x), 1e-300)
+            leak = math.ceil(1.16 * sum(counts.n_z) * binary_entropy(min(qber, 0.5)))
+            expected = secret_length(counts, settings.decoy, leak_ec=leak, eps_sec=settings.eps_sec,
+                                     eps_cor=settings.eps_cor).length / pulses
+            asymptotic, plob = _reference_rates(bench)
+            reason = block.alice.abort_reason or block.bob.abort_reason or ""
+            rows.append((distance, pulses, simulated, expected, asymptotic, plob, reason))
+            progress(index + 1)
+    finally:
+        progress.close()
+
+    lines = ["| distance (km) | pulses | simulated rate | model rate (f = 1.16) | asymptotic decoy rate | "
+             "PLOB bound | note |", "|---:|---:|---:|---:|---:|---:|---|"]
+    for distance, pulses, simulated, expected, asymptotic, plob, reason in rows:
+        lines.append(f"| {distance:g} | {pulses:.3g} | {simulated:.3e} | {expected:.3e} | {asymptotic:.3e} | "
+                     f"{plob:.3e} | {reason[:60]} |")
+    table = "\n".join(lines) + "\n"
+    print(table, end="")
+    _write(f"{args.output}.md", table.encode())
+    _plot_sweep(f"{args.output}.png", rows, args)
+    logger.info("wrote %s.md and %s.png", args.output, args.output)
+
+
+def _plot_sweep(path, rows, args):
+    import io
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    distance = [row[0] for row in rows]
+    figure, axes = pyplot.subplots(figsize=(7, 4.5), dpi=120)
+    axes.semilogy(distance, [row[5] for row in rows], "k--", label="PLOB bound (repeaterless)")
+    axes.semilogy(distance, [row[4] or float("nan") for row in rows], "C0-", label="asymptotic decoy-state rate")
+    axes.semilogy(distance, [row[3] or float("nan") for row in rows], "C1-",
+                  label=f"finite-key bound, channel model, {args.block_bits:.0e}-bit blocks")
+    axes.semilogy(distance, [row[2] or float("nan") for row in rows], "C3o",
+                  label="simulated link (qkdlink)")
+    axes.set_xlabel("fibre length (km)")
+    axes.set_ylabel("secret key per pulse (bits)")
+    axes.set_title(f"qkdlink: key rate against distance ({args.attenuation} dB/km, "
+                   f"efficiency {args.efficiency})")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    pyplot.close(figure)
+    _write(path, buffer.getvalue())
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 OPERATIONS = {
@@ -220,6 +520,10 @@ OPERATIONS = {
                add_random_arguments, run_random),
     "pa":     ("privacy amplification: hash a key with a Toeplitz matrix",
                add_pa_arguments, run_pa),
+    "demo":   ("run a simulated QKD link, photons to identical secret keys at Alice and Bob",
+               add_demo_arguments, run_demo),
+    "sweep":  ("key rate against distance: simulated link, finite-key model, asymptotic and PLOB bounds",
+               add_sweep_arguments, run_sweep),
 }
 
 

@@ -102,3 +102,54 @@ class CLITestCase(unittest.TestCase):
         code, log = self.qkd("pa", self.path / "key", "-s", self.path / "seed", "-m", 0, "-o", out)
         self.assertEqual(code, 2)
         self.assertIn("expected a positive number, not 0", log)
+
+
+class LinkCLITestCase(unittest.TestCase):
+    def setUp(self):
+        self.directory = tempfile.TemporaryDirectory()
+        self.path = Path(self.directory.name)
+
+    def tearDown(self):
+        self.directory.cleanup()
+
+    qkd = CLITestCase.qkd
+
+    def test_demo_writes_equal_keys(self):
+        code, log = self.qkd("demo", "--seed", 7, "-o", self.path)
+        self.assertEqual(code, 0, log)
+        import json
+        alice = json.loads((self.path / "alice.json").read_text())
+        bob = json.loads((self.path / "bob.json").read_text())
+        self.assertFalse(alice[0]["aborted"], alice)
+        self.assertEqual(alice[0]["fingerprint"], bob[0]["fingerprint"])
+        self.assertEqual((self.path / "alice.key").read_bytes(), (self.path / "bob.key").read_bytes())
+        self.assertIn("simulation seed 7", log)
+
+    def test_demo_with_full_intercept_resend_releases_nothing(self):
+        code, log = self.qkd("demo", "--seed", 7, "-n", 200000, "--eve", "intercept-resend", "-o", self.path)
+        self.assertEqual(code, 0, log)
+        self.assertIn("0 of 1 blocks gave a key", log)
+        self.assertEqual((self.path / "alice.key").read_bytes(), b"")
+
+    def test_sweep_writes_table_and_plot(self):
+        code, log = self.qkd("sweep", "--seed", 3, "--distances", 50, 150, 100, "-n", 300000,
+                             "-o", self.path / "sweep")
+        self.assertEqual(code, 0, log)
+        table = (self.path / "sweep.md").read_text()
+        self.assertEqual(len(table.splitlines()), 4)
+        self.assertEqual((self.path / "sweep.png").read_bytes()[:8], b"\x89PNG\r\n\x1a\n")
+
+    def test_bad_link_parameters(self):
+        cases = [
+            (("demo", "-d", -5), r"fibre length must be at least 0 km, not -5.0"),
+            (("demo", "--intensities", 0.1, 0.5, 0.0), r"intensities"),
+            (("demo", "--p-z", 1.5), r"p_z"),
+            (("demo", "--probabilities", 0.5, 0.5, 0.5), r"sum to 1"),
+            (("sweep", "--distances", 100, 50, 10), r"--distances wants FIRST <= LAST and STEP > 0"),
+        ]
+        for argv, message in cases:
+            with self.subTest(argv=argv):
+                code, log = self.qkd(*argv, "-o", self.path / "x")
+                self.assertEqual(code, 1, log)
+                self.assertRegex(log, message)
+                self.assertNotIn("Traceback", log)

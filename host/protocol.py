@@ -1,0 +1,313 @@
+"""Alice and Bob: one block of decoy-state BB84 post-processing, from detections to identical secret keys.
+
+Each side is an object that knows only its own data and talks to the other only through a channel endpoint
+(:mod:`qkdlink.host.channel`). A block runs:
+
+1. ``block``     Alice -> Bob: the block's number and the pulses she sent.
+2. ``detect``    Bob -> Alice: the slots where Bob registered a detection and his (squashed) basis for each.
+3. ``sift``      Alice -> Bob: her basis and the intensity she sent in each of those slots.
+4. ``test``      Bob -> Alice: his bits of the matched X-basis detections (sacrificed for estimation).
+5. ``estimate``  Alice -> Bob: the counts per intensity and the X-basis errors; or ``abort`` if no key can come
+                 out of this block even with ideal error correction.
+6. ``cascade*``  Bob asks, Alice answers: Cascade reconciliation of the Z-basis raw key (every parity counted).
+7. ``verify``    Alice -> Bob: a universal hash of her key (log2(1/eps_cor) bits) and its seed; Bob answers.
+8. ``amplify``   Alice -> Bob: the secret length from the finite-key bound and a fresh Toeplitz seed; both hash.
+
+Either side aborts the block with a reason (an ``abort`` message to the peer) when anything is off; no key is
+released from an aborted block.
+"""
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .bits import pack_bits, unpack_bits
+from .cascade import CascadeAlice, ParityReply, ParityRequest, cascade_bob
+from .channel import ChannelClosed
+from .finite_key import BlockCounts, DecoySettings, binary_entropy, secret_length
+from .messages import Message, ProtocolError
+from .sifting import sift, squash
+from .toeplitz import toeplitz_hash
+
+
+__all__ = ["ProtocolSettings", "BlockResult", "Alice", "Bob", "ChoiceMemory", "DetectionRecord"]
+
+
+@dataclass(frozen=True)
+class ProtocolSettings:
+    """What both sides agree on before a link starts.
+
+    Attributes
+    ----------
+    decoy : DecoySettings
+        Alice's intensities and their probabilities.
+    eps_sec, eps_cor : float
+        Secrecy and correctness parameters of the finite-key bound.
+    expected_efficiency : float
+        Reconciliation efficiency assumed when deciding, before reconciliation, whether a block can give any key.
+    """
+    decoy: DecoySettings
+    eps_sec: float = 1e-10
+    eps_cor: float = 1e-15
+    expected_efficiency: float = 1.2
+
+    @property
+    def verification_bits(self):
+        """Length of the verification hash: its collision probability 2^-t is at most eps_cor."""
+        return math.ceil(-math.log2(self.eps_cor))
+
+
+@dataclass
+class BlockResult:
+    """One side's outcome of one block: a key, or the reason there is none, and the block's figures."""
+    block: int
+    key: np.ndarray = None
+    abort_reason: str = None
+    figures: dict = field(default_factory=dict)
+
+    @property
+    def aborted(self):
+        return self.key is None
+
+
+class ChoiceMemory:
+    """Alice's record of what she sent in each slot (on a board: the choice memory, read over the link).
+
+    Parameters
+    ----------
+    slot : numpy.ndarray of int64
+        Slots, ascending, for which choices are held.
+    basis, bit, intensity : numpy.ndarray of uint8
+        Alice's choices in those slots.
+    """
+
+    def __init__(self, slot, basis, bit, intensity):
+        self.slot = np.asarray(slot, dtype=np.int64)
+        self.basis = np.asarray(basis, dtype=np.uint8)
+        self.bit = np.asarray(bit, dtype=np.uint8)
+        self.intensity = np.asarray(intensity, dtype=np.uint8)
+
+    def lookup(self, slots):
+        """Alice's (basis, bit, intensity) in ``slots``; :class:`ProtocolError` for a slot she has no record of."""
+        if slots.size == 0:
+            return self.basis[:0], self.bit[:0], self.intensity[:0]
+        index = np.minimum(np.searchsorted(self.slot, slots), max(self.slot.size - 1, 0))
+        if self.slot.size == 0 or not np.array_equal(self.slot[index], slots):
+            raise ProtocolError("Bob reported a detection in a slot Alice has no record of")
+        return self.basis[index], self.bit[index], self.intensity[index]
+
+
+@dataclass(frozen=True)
+class DetectionRecord:
+    """Bob's registered detections in a block: slots (ascending) and raw 4-bit detector patterns."""
+    slot: np.ndarray
+    pattern: np.ndarray
+
+
+def _counts(intensities, errors=None):
+    """Per-intensity counts (and error counts) as tuples of three ints."""
+    counts = tuple(int(c) for c in np.bincount(intensities, minlength=3)[:3])
+    if errors is None:
+        return counts
+    return counts, tuple(int(c) for c in np.bincount(intensities, weights=errors, minlength=3)[:3])
+
+
+# Cascade sizes its blocks from the QBER estimate, which must lie below 1/2; a block with a test-basis error
+# rate that high has been aborted by the estimate already, so this only guards the arithmetic.
+_CASCADE_QBER_LIMIT = 0.49
+
+
+class BlockAborted(ProtocolError):
+    """Both sides learned together that the block failed (no abort message needs to go out)."""
+
+
+class _Side:
+    def __init__(self, endpoint, settings, entropy):
+        self.endpoint = endpoint
+        self.settings = settings
+        self.entropy = entropy
+
+    def _guarded(self, block, run):
+        result = BlockResult(block)
+        started = time.perf_counter()
+        try:
+            run(result)
+        except ChannelClosed as error:
+            result.key, result.abort_reason = None, str(error)
+        except ProtocolError as error:
+            result.key, result.abort_reason = None, str(error)
+            # The peer is waiting for a message from us unless it aborted first or knows already.
+            if not isinstance(error, BlockAborted) and not str(error).startswith("the peer aborted"):
+                self.endpoint.send(Message("abort", {"reason": str(error)}))
+        result.figures["seconds"] = time.perf_counter() - started
+        return result
+
+    def _finite_key(self, counts, leak, result):
+        figures = secret_length(counts, self.settings.decoy, leak_ec=leak,
+                                eps_sec=self.settings.eps_sec, eps_cor=self.settings.eps_cor)
+        result.figures.update(finite_key=figures, leaked_bits=leak)
+        return figures
+
+    def _amplify(self, key, seed, length, result):
+        final = toeplitz_hash(key, seed, length)
+        result.key = final
+        result.figures["secret_bits"] = length
+        return final
+
+
+class Alice(_Side):
+    """Alice's side: she holds the choice memory and answers; she decides estimates and lengths.
+
+    Parameters
+    ----------
+    endpoint : qkdlink.host.channel.Endpoint
+    settings : ProtocolSettings
+    entropy : OSEntropy or SimulatedEntropy
+        Source of the verification and privacy-amplification seeds.
+    """
+
+    def run_block(self, block, pulses, choices):
+        """Run one block; returns this side's :class:`BlockResult`."""
+        return self._guarded(block, lambda result: self._run(block, pulses, choices, result))
+
+    def _run(self, block, pulses, choices, result):
+        self.endpoint.send(Message("block", {"block": block, "pulses": pulses}))
+        detect = self.endpoint.receive("detect")
+        slots = detect["slot"].astype(np.int64)
+        bob_bases = detect["basis"].astype(np.uint8)
+        if slots.size != bob_bases.size or (slots.size and np.any(np.diff(slots) <= 0)):
+            raise ProtocolError("Bob's detections are not one basis per slot in ascending slot order")
+        if np.any(bob_bases > 1):
+            raise ProtocolError("Bob's detections carry a basis other than Z or X")
+        bases, bits, intensities = choices.lookup(slots)
+        self.endpoint.send(Message("sift", {"basis": bases, "intensity": intensities}))
+        sifted = sift(bob_bases, bits, bases, intensities)
+
+        test = self.endpoint.receive("test")["bits"].astype(np.uint8)
+        if test.size != sifted.test.size:
+            raise ProtocolError(f"Bob sent {test.size} test bits for {sifted.test.size} X-basis matches")
+        n_x, m_x = _counts(sifted.test_intensity, test != sifted.test)
+        counts = BlockCounts(n_z=_counts(sifted.key_intensity), n_x=n_x, m_x=m_x)
+        qber_x = sum(m_x) / max(sum(n_x), 1)
+        result.figures.update(pulses=pulses, detections=int(slots.size), counts=counts, qber_x=qber_x)
+        # Before spending a reconciliation on it: could this block give any key at all?
+        expected_leak = math.ceil(self.settings.expected_efficiency * sifted.key.size *
+                                  binary_entropy(min(qber_x, 0.5)))
+        estimate = secret_length(counts, self.settings.decoy, leak_ec=expected_leak,
+                                 eps_sec=self.settings.eps_sec, eps_cor=self.settings.eps_cor)
+        if estimate.length <= 0:
+            raise ProtocolError(f"no key can be extracted: {estimate.abort_reason}")
+        self.endpoint.send(Message("estimate", {"n_z": np.array(counts.n_z, np.int64),
+                                                "n_x": np.array(n_x, np.int64),
+                                                "m_x": np.array(m_x, np.int64)}))
+
+        key = sifted.key
+        start = self.endpoint.receive("cascade")
+        cascade = CascadeAlice(key, shuffle_seed=start["shuffle_seed"])
+        leak = 0
+        while True:
+            message = self.endpoint.receive()
+            if message.kind == "cascade_done":
+                break
+            try:
+                reply = cascade.answer(ParityRequest.decode(message.expect("parity")["request"]))
+            except ValueError as error:
+                raise ProtocolError(f"malformed parity request: {error}") from None
+            leak += len(reply)
+            self.endpoint.send(Message("parities", {"reply": reply.encode()}))
+        corrected = message["corrected"]
+        result.figures.update(qber_z=corrected / max(key.size, 1), round_trips=message["round_trips"])
+
+        seed = self.entropy.bits(key.size + self.settings.verification_bits - 1)
+        tag = toeplitz_hash(key, seed, self.settings.verification_bits)
+        self.endpoint.send(Message("verify", {"seed": pack_bits(seed), "tag": pack_bits(tag)}))
+        if not self.endpoint.receive("verified")["equal"]:
+            raise BlockAborted("verification failed: the keys differ after reconciliation")
+
+        figures = self._finite_key(counts, leak, result)
+        if figures.length <= 0:
+            raise ProtocolError(f"no key can be extracted: {figures.abort_reason}")
+        seed = self.entropy.bits(key.size + figures.length - 1)
+        self.endpoint.send(Message("amplify", {"length": figures.length, "seed": pack_bits(seed)}))
+        self._amplify(key, seed, figures.length, result)
+        self.endpoint.receive("done")
+
+
+class Bob(_Side):
+    """Bob's side: he squashes his clicks, asks Cascade's questions and checks every length Alice announces.
+
+    Parameters
+    ----------
+    endpoint : qkdlink.host.channel.Endpoint
+    settings : ProtocolSettings
+    entropy : OSEntropy or SimulatedEntropy
+        Source of the squashing bits and Cascade's public shuffle seed.
+    """
+
+    def run_block(self, block, detections):
+        """Run one block; returns this side's :class:`BlockResult`."""
+        return self._guarded(block, lambda result: self._run(block, detections, result))
+
+    def _run(self, block, detections, result):
+        announced = self.endpoint.receive("block")
+        if announced["block"] != block:
+            raise ProtocolError(f"Alice started block {announced['block']}, Bob expected block {block}")
+        pattern = np.asarray(detections.pattern, dtype=np.uint8)
+        bases, bits = squash(pattern, self.entropy.bits(2 * pattern.size).reshape(-1, 2))
+        self.endpoint.send(Message("detect", {"slot": np.asarray(detections.slot, dtype=np.int64),
+                                              "basis": bases}))
+        answer = self.endpoint.receive("sift")
+        alice_bases = answer["basis"].astype(np.uint8)
+        intensities = answer["intensity"].astype(np.uint8)
+        if alice_bases.size != bases.size or intensities.size != bases.size or np.any(intensities > 2):
+            raise ProtocolError("Alice's sifting answer does not match Bob's detections")
+        sifted = sift(bases, bits, alice_bases, intensities)
+        self.endpoint.send(Message("test", {"bits": sifted.test}))
+
+        estimate = self.endpoint.receive("estimate")
+        counts = BlockCounts(n_z=tuple(int(c) for c in estimate["n_z"]),
+                             n_x=tuple(int(c) for c in estimate["n_x"]),
+                             m_x=tuple(int(c) for c in estimate["m_x"]))
+        if counts.n_z != _counts(sifted.key_intensity) or counts.n_x != _counts(sifted.test_intensity):
+            raise ProtocolError("Alice's detection counts differ from Bob's")
+        qber_x = sum(counts.m_x) / max(sum(counts.n_x), 1)
+        result.figures.update(pulses=announced["pulses"], detections=int(bases.size), counts=counts,
+                              qber_x=qber_x)
+
+        shuffle_seed = self.entropy.bytes(16)
+        self.endpoint.send(Message("cascade", {"shuffle_seed": shuffle_seed}))
+        try:
+            session = cascade_bob(sifted.key, min(qber_x, _CASCADE_QBER_LIMIT), shuffle_seed=shuffle_seed)
+            request = next(session)
+            while True:
+                self.endpoint.send(Message("parity", {"request": request.encode()}))
+                reply = ParityReply.decode(self.endpoint.receive("parities")["reply"])
+                request = session.send(reply)
+        except StopIteration as stop:
+            cascade = stop.value
+        except ValueError as error:
+            # A malformed or inconsistent answer: the channel is not what it should be.
+            raise ProtocolError(f"reconciliation failed: {error}") from None
+        self.endpoint.send(Message("cascade_done", {"corrected": cascade.corrected,
+                                                    "round_trips": cascade.round_trips}))
+        key = cascade.key
+        result.figures.update(qber_z=cascade.corrected / max(key.size, 1), round_trips=cascade.round_trips)
+
+        verify = self.endpoint.receive("verify")
+        t = self.settings.verification_bits
+        seed = unpack_bits(verify["seed"], key.size + t - 1)
+        equal = pack_bits(toeplitz_hash(key, seed, t)) == verify["tag"]
+        self.endpoint.send(Message("verified", {"equal": equal}))
+        if not equal:
+            raise BlockAborted("verification failed: the keys differ after reconciliation")
+
+        figures = self._finite_key(counts, cascade.leaked_bits, result)
+        amplify = self.endpoint.receive("amplify")
+        if amplify["length"] != figures.length or figures.length <= 0:
+            raise ProtocolError(f"Alice announced a secret length of {amplify['length']} bits, Bob's bound "
+                                f"gives {figures.length}")
+        seed = unpack_bits(amplify["seed"], key.size + figures.length - 1)
+        self._amplify(key, seed, figures.length, result)
+        self.endpoint.send(Message("done"))
