@@ -425,6 +425,12 @@ def secret_length(counts, settings, *, leak_ec, eps_sec=1e-10, eps_cor=1e-15):
     if not bounds.s_x1 > 0:
         return aborted(f"too few X-basis detections to bound the single-photon events: "
                        f"s_X1 = {bounds.s_x1:.4g} <= 0", bounds)
+    if bounds.s_z0 + bounds.s_z1 > math.fsum(counts.n_z):
+        # Lower bounds above the detections they count: no physical channel gives these statistics, so the
+        # decoy analysis does not describe this block. Abort rather than hash to a length the key cannot have.
+        return aborted(f"inconsistent decoy statistics: the vacuum and single-photon lower bounds "
+                       f"({bounds.s_z0 + bounds.s_z1:.4g}) exceed the {math.fsum(counts.n_z):.4g} Z-basis "
+                       f"detections", bounds)
     if not bounds.phi_z < 0.5:
         qber = math.fsum(counts.m_x) / math.fsum(counts.n_x)
         return aborted(f"phase error bound {bounds.phi_z:.4g} >= 0.5 (X-basis error rate {qber:.4g})", bounds)

@@ -136,11 +136,14 @@ class _Side:
             run(result)
         except ChannelClosed as error:
             result.key, result.abort_reason = None, str(error)
-        except ProtocolError as error:
-            result.key, result.abort_reason = None, str(error)
+        except (ProtocolError, ValueError) as error:
+            # A ValueError here comes from data the peer sent (counts, seeds, lengths that do not fit): the block
+            # is aborted like any other protocol violation.
+            reason = str(error) if isinstance(error, ProtocolError) else f"invalid data from the peer: {error}"
+            result.key, result.abort_reason = None, reason
             # The peer is waiting for a message from us unless it aborted first or knows already.
-            if not isinstance(error, BlockAborted) and not str(error).startswith("the peer aborted"):
-                self.endpoint.send(Message("abort", {"reason": str(error)}))
+            if not isinstance(error, BlockAborted) and not reason.startswith("the peer aborted"):
+                self.endpoint.send(Message("abort", {"reason": reason}))
         result.figures["seconds"] = time.perf_counter() - started
         return result
 
@@ -229,6 +232,8 @@ class Alice(_Side):
         figures = self._finite_key(counts, leak, result)
         if figures.length <= 0:
             raise ProtocolError(f"no key can be extracted: {figures.abort_reason}")
+        if figures.length > key.size:
+            raise ProtocolError(f"the finite-key bound gives {figures.length} bits from a {key.size}-bit key")
         seed = self.entropy.bits(key.size + figures.length - 1)
         self.endpoint.send(Message("amplify", {"length": figures.length, "seed": pack_bits(seed)}))
         self._amplify(key, seed, figures.length, result)
@@ -305,7 +310,7 @@ class Bob(_Side):
 
         figures = self._finite_key(counts, cascade.leaked_bits, result)
         amplify = self.endpoint.receive("amplify")
-        if amplify["length"] != figures.length or figures.length <= 0:
+        if amplify["length"] != figures.length or not 0 < figures.length <= key.size:
             raise ProtocolError(f"Alice announced a secret length of {amplify['length']} bits, Bob's bound "
                                 f"gives {figures.length}")
         seed = unpack_bits(amplify["seed"], key.size + figures.length - 1)

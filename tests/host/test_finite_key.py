@@ -498,3 +498,15 @@ class ClosedFormsTestCase(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class InconsistentStatisticsTestCase(unittest.TestCase):
+    def test_bounds_above_the_detections_abort(self):
+        # Decoy counts no physical channel produces (the decoy intensity detects 200 times more than the signal):
+        # the single-photon bound alone would exceed the 201,000 key bits.
+        from qkdlink.host.finite_key import BlockCounts, DecoySettings, secret_length
+        settings = DecoySettings((0.6, 0.2, 0.0), (0.5, 0.25, 0.25))
+        counts = BlockCounts(n_z=(1000, 200000, 0), n_x=(100, 20000, 0), m_x=(0, 200, 0))
+        result = secret_length(counts, settings, leak_ec=0)
+        self.assertEqual(result.length, 0)
+        self.assertIn("inconsistent decoy statistics", result.abort_reason)

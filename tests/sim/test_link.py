@@ -117,7 +117,10 @@ class ProtocolFaultTestCase(unittest.TestCase):
             return alice_result.result(timeout=120), bob_result.result(timeout=120)
 
     def test_a_tampered_parity_never_gives_different_keys(self):
-        alice, bob = self.run_block(TamperingEndpoint)
+        endpoints = []
+        alice, bob = self.run_block(lambda endpoint: endpoints.append(TamperingEndpoint(endpoint)) or
+                                    endpoints[0])
+        self.assertTrue(endpoints[0].tampered, "the man in the middle never saw a Cascade reply")
         # Cascade notices answers that contradict each other, or verification notices keys that still differ;
         # or the flipped parity only cost an extra question. Never a key that differs.
         if alice.key is None or bob.key is None:
@@ -136,3 +139,32 @@ class ProtocolFaultTestCase(unittest.TestCase):
         self.assertIsNone(bob.key)
         self.assertIn("slot Alice has no record of", alice.abort_reason)
         self.assertIn("the peer aborted", bob.abort_reason)
+
+
+class ForgedEstimateEndpoint(TamperingEndpoint):
+    """A man in the middle that rewrites Alice's estimate so that the X-basis errors exceed the detections."""
+
+    def receive(self, kind=None, **kwargs):
+        message = self.endpoint.receive(kind, **kwargs)
+        if message.kind == "estimate":
+            self.tampered = True
+            fields = dict(message.fields)
+            fields["m_x"] = fields["n_x"] + 1
+            message = Message("estimate", fields)
+        return message
+
+
+class ForgedDataTestCase(ProtocolFaultTestCase):
+    def test_forged_counts_abort_both_sides_at_once(self):
+        endpoints = []
+        def wrap(endpoint):
+            endpoints.append(ForgedEstimateEndpoint(endpoint))
+            return endpoints[0]
+        alice, bob = self.run_block(wrap)
+        self.assertTrue(endpoints[0].tampered)
+        self.assertIsNone(alice.key)
+        self.assertIsNone(bob.key)
+        self.assertIn("invalid data from the peer", bob.abort_reason)
+        self.assertIn("the peer aborted: invalid data from the peer", alice.abort_reason)
+        # Bob's abort reached Alice at once, not after a receive time-out.
+        self.assertLess(alice.figures["seconds"], 30)
