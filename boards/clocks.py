@@ -1,15 +1,20 @@
-"""The system clock: a PLL from the board's oscillator to the frequency the gateware is built for."""
+"""The system clock: a PLL from the board's oscillator to the frequency the gateware is built for; on ECP5 also
+the edge clock of the time-tagger's input gearboxes (:func:`add_gearbox_domains`)."""
 
 from amaranth import *
 from amaranth.lib import io
 from amaranth.lib.cdc import ResetSynchronizer
 
 
-__all__ = ["add_sync_domain", "ice40_pll_settings", "ecp5_pll_settings"]
+__all__ = ["add_sync_domain", "add_gearbox_domains", "ice40_pll_settings", "ecp5_pll_settings"]
 
 
 # How far from the wanted frequency a PLL output may be.
 _TOLERANCE = 0.01
+
+# Oscillator cycles per phase of the gearbox start-up (stop, reset, release, start): LiteDRAM's ECP5 PHY waits 8
+# cycles of its ~25 MHz init clock between the same steps.
+_GEARBOX_STEP = 8
 
 
 def add_sync_domain(m, platform, frequency):
@@ -26,11 +31,65 @@ def add_sync_domain(m, platform, frequency):
     if platform.family == "iCE40":
         output = _ice40_pll(m, platform, reference, frequency, cd_sync.clk, locked)
     elif platform.family == "ecp5":
-        output = _ecp5_pll(m, platform, reference, frequency, cd_sync.clk, locked)
+        output, _ = _ecp5_pll(m, platform, reference, frequency, cd_sync.clk, locked)
     else:
         raise ValueError(f"no PLL for the {platform.family} family")
     m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
     return output
+
+
+def add_gearbox_domains(m, platform, frequency, *, eclk_domain="eclk"):
+    """Create the ``sync`` domain at ``frequency`` (Hz) and ``eclk_domain`` at twice it, for ECP5 input gearboxes.
+
+    This is the clocking that :class:`qkdlink.gateware.sampler.ECP5GearboxSampler` needs (``IDDRX2F``, TN1265
+    "ECP5 and ECP5-5G High-Speed I/O Interface", GDDRX2 receive): the PLL makes the edge clock, ``ECLKSYNCB``
+    drives it onto the edge clock network of the bank whose gearboxes use it (nextpnr places it there), and
+    ``CLKDIVF`` (``DIV="2.0"``) divides it into ``sync``, so that ``SCLK`` and ``ECLK`` keep a fixed phase.
+
+    The gearboxes' word boundary and ``CLKDIVF``'s output must start from the same edge. After the PLL locks, a
+    small sequencer clocked by the board's oscillator stops the edge clock (``ECLKSYNCB.STOP``), releases the
+    reset of ``CLKDIVF`` and of ``eclk_domain`` (which the gearboxes take as their ``RST``) while it is stopped,
+    starts it again and then lets ``sync`` out of reset: the order LiteDRAM's ``ECP5DDRPHYInit`` uses for the
+    same primitives. ``sync`` is in reset until then, and again whenever the PLL loses lock.
+
+    Returns the ``sync`` frequency reached (half the PLL's); like :func:`add_sync_domain`, nextpnr derives the
+    clock constraints from the PLL, ``ECLKSYNCB`` and ``CLKDIVF``.
+    """
+    if platform.family != "ecp5":
+        raise ValueError(f"no input gearboxes on the {platform.family} family")
+    m.domains.sync = cd_sync = ClockDomain("sync", local=True)
+    cd_eclk = ClockDomain(eclk_domain, local=True)
+    m.domains += cd_eclk
+    # The oscillator keeps running while the edge clock, and so sync, are stopped.
+    m.domains.gearbox_init = cd_init = ClockDomain("gearbox_init", local=True)
+
+    pll_clock = Signal()
+    locked = Signal()
+    edge_frequency, oscillator = _ecp5_pll(m, platform, platform.default_clk_frequency, 2 * frequency,
+                                           pll_clock, locked)
+    m.d.comb += cd_init.clk.eq(oscillator)
+    stop = Signal()
+    reset = Signal(init=1)
+    m.submodules.eclksync = Instance("ECLKSYNCB", i_ECLKI=pll_clock, i_STOP=stop, o_ECLKO=cd_eclk.clk)
+    m.submodules.clkdiv = Instance("CLKDIVF",
+        p_DIV="2.0",
+        i_CLKI=cd_eclk.clk, i_RST=reset, i_ALIGNWD=0,
+        o_CDIVX=cd_sync.clk)
+    m.d.comb += cd_eclk.rst.eq(reset)
+
+    # Registered (glitch-free) controls; each phase lasts _GEARBOX_STEP oscillator cycles.
+    step = Signal(range(5 * _GEARBOX_STEP + 1))
+    ready = Signal()
+    with m.If(step != 5 * _GEARBOX_STEP):
+        m.d.gearbox_init += step.eq(step + 1)
+    m.d.gearbox_init += [
+        stop.eq((step >= _GEARBOX_STEP) & (step < 4 * _GEARBOX_STEP)),
+        reset.eq(step < 3 * _GEARBOX_STEP),
+        ready.eq(step == 5 * _GEARBOX_STEP),
+    ]
+    m.submodules.gearbox_init_sync = ResetSynchronizer(~locked, domain="gearbox_init")
+    m.submodules.reset_sync = ResetSynchronizer(~ready, domain="sync")
+    return edge_frequency / 2
 
 
 def ice40_pll_settings(reference, frequency):
@@ -115,4 +174,4 @@ def _ecp5_pll(m, platform, reference, frequency, clk, locked):
         i_PLLWAKESYNC=0, i_ENCLKOP=0,
         o_CLKOP=clk,
         o_LOCK=locked)
-    return output
+    return output, clock.i
