@@ -24,7 +24,7 @@ class SinglePortMemory(wiring.Component):
     Parameters
     ----------
     depth : int
-        Number of words. On the UP5K a multiple of 16384 (one SPRAM each, at most four).
+        Number of words. On the UP5K at most 65536: whole SPRAMs of 16384 words, the last one partly used.
 
     Members
     -------
@@ -71,11 +71,12 @@ class SinglePortMemory(wiring.Component):
         return m
 
     def _elaborate_spram(self):
-        banks, rest = divmod(self._depth, _SPRAM_DEPTH)
-        if rest or not 1 <= banks <= 4:
-            raise ValueError(f"SPRAM on the UP5K holds 1 to 4 banks of {_SPRAM_DEPTH} words; a depth of "
-                             f"{self._depth} does not fit")
+        banks = -(-self._depth // _SPRAM_DEPTH)
+        if banks > 4:
+            raise ValueError(f"SPRAM on the UP5K holds at most 4 x {_SPRAM_DEPTH} words, not {self._depth}")
         m = Module()
+        address = Signal(14)
+        m.d.comb += address.eq(self.addr)
         bank = Signal(range(banks))
         read_bank = Signal.like(bank)
         m.d.comb += bank.eq(self.addr >> 14)
@@ -85,7 +86,7 @@ class SinglePortMemory(wiring.Component):
             data_out = Signal(16, name=f"spram{index}_data")
             selected = bank == index
             m.submodules[f"spram{index}"] = Instance("SB_SPRAM256KA",
-                i_ADDRESS=self.addr[:14],
+                i_ADDRESS=address,
                 i_DATAIN=self.wdata,
                 i_MASKWREN=self.wmask,
                 i_WREN=(self.wmask != 0) & selected,

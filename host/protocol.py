@@ -28,7 +28,7 @@ from .cascade import CascadeAlice, ParityReply, ParityRequest, cascade_bob
 from .channel import ChannelClosed
 from .finite_key import BlockCounts, DecoySettings, binary_entropy, secret_length
 from .messages import Message, ProtocolError
-from .sifting import sift, squash
+from .sifting import NOT_SENT, sift, squash
 from .toeplitz import toeplitz_hash
 
 
@@ -266,7 +266,7 @@ class Bob(_Side):
         answer = self.endpoint.receive("sift")
         alice_bases = answer["basis"].astype(np.uint8)
         intensities = answer["intensity"].astype(np.uint8)
-        if alice_bases.size != bases.size or intensities.size != bases.size or np.any(intensities > 2):
+        if alice_bases.size != bases.size or intensities.size != bases.size or np.any(intensities > NOT_SENT):
             raise ProtocolError("Alice's sifting answer does not match Bob's detections")
         sifted = sift(bases, bits, alice_bases, intensities)
         self.endpoint.send(Message("test", {"bits": sifted.test}))

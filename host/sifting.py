@@ -2,7 +2,8 @@
 
 These functions are the reference model of the sifting path that the gateware implements later: the detector
 pattern of a slot is a 4-bit mask, bit 0 = Z0, bit 1 = Z1, bit 2 = X0, bit 3 = X1. Basis 0 is Z (the key basis),
-1 is X (the test basis).
+1 is X (the test basis). Intensity indices 0, 1, 2 are signal, decoy and vacuum; :data:`NOT_SENT` (3) marks a slot in
+which Alice's source did not fire (she had no random word for it), which never sifts.
 """
 
 from dataclasses import dataclass
@@ -10,10 +11,13 @@ from dataclasses import dataclass
 import numpy as np
 
 
-__all__ = ["Z", "X", "squash", "SiftedBlock", "sift"]
+__all__ = ["Z", "X", "NOT_SENT", "squash", "SiftedBlock", "matches", "sift"]
 
 
 Z, X = 0, 1
+
+#: The intensity index of a slot that Alice did not send: a click in it is noise, never key or test data.
+NOT_SENT = 3
 
 _Z_CLICKS = 0b0011
 _X_CLICKS = 0b1100
@@ -83,18 +87,37 @@ class SiftedBlock:
     test_intensity: np.ndarray
 
 
+def matches(bases, alice_bases, intensities):
+    """Which detections sift: Bob's basis equals Alice's and the slot was sent (intensity not :data:`NOT_SENT`).
+
+    This is the match mask Alice announces to Bob, one entry per detection.
+
+    Returns
+    -------
+    numpy.ndarray of bool
+    """
+    bases, alice_bases, intensities = (np.asarray(array, dtype=np.uint8)
+                                       for array in (bases, alice_bases, intensities))
+    if not bases.shape == alice_bases.shape == intensities.shape or bases.ndim != 1:
+        raise ValueError(f"matching needs one basis, Alice's basis and intensity per detection, not arrays of "
+                         f"shapes {bases.shape}, {alice_bases.shape}, {intensities.shape}")
+    return (bases == alice_bases) & (intensities != NOT_SENT)
+
+
 def sift(bases, bits, alice_bases, intensities):
     """Keep the detections where Bob's basis equals Alice's, split into the key (Z) and test (X) sets.
 
     Both sides call it with their own ``bits`` and the public ``bases`` (Bob's), ``alice_bases`` (Alice's,
-    announced as a match mask) and ``intensities`` (announced by Alice), all one entry per detection.
+    announced as a match mask) and ``intensities`` (announced by Alice), all one entry per detection. A slot
+    Alice did not send (intensity :data:`NOT_SENT`) never sifts, whatever the bases (see :func:`matches`).
     """
     bases, bits, alice_bases, intensities = (np.asarray(array, dtype=np.uint8)
                                              for array in (bases, bits, alice_bases, intensities))
     if not bases.shape == bits.shape == alice_bases.shape == intensities.shape or bases.ndim != 1:
         raise ValueError(f"sifting needs one basis, bit, Alice's basis and intensity per detection, not arrays "
                          f"of shapes {bases.shape}, {bits.shape}, {alice_bases.shape}, {intensities.shape}")
-    key = (bases == Z) & (alice_bases == Z)
-    test = (bases == X) & (alice_bases == X)
+    matched = matches(bases, alice_bases, intensities)
+    key = matched & (bases == Z)
+    test = matched & (bases == X)
     return SiftedBlock(key=bits[key], key_intensity=intensities[key],
                        test=bits[test], test_intensity=intensities[test])

@@ -3,7 +3,7 @@ import unittest
 
 import numpy as np
 
-from qkdlink.host.sifting import X, Z, sift, squash
+from qkdlink.host.sifting import NOT_SENT, X, Z, matches, sift, squash
 
 
 def squash_one(pattern, basis_coin, bit_coin):
@@ -50,3 +50,22 @@ class SiftTestCase(unittest.TestCase):
     def test_shapes_must_agree(self):
         with self.assertRaisesRegex(ValueError, r"one basis, bit, Alice's basis and intensity per detection"):
             sift([0, 1], [0], [0, 1], [0, 0])
+
+    def test_not_sent_never_sifts(self):
+        # Every combination of bases and bit, once sent with each intensity and once not sent: a slot Alice did
+        # not send gives neither key nor test bits even when the bases agree.
+        cases = list(itertools.product((Z, X), (Z, X), (0, 1), (0, 1, 2, NOT_SENT)))
+        bob_bases, alice_bases, bits, intensities = (np.array(column, np.uint8) for column in zip(*cases))
+        self.assertEqual(list(matches(bob_bases, alice_bases, intensities)),
+                         [b == a and i != NOT_SENT for b, a, _, i in cases])
+        sifted = sift(bob_bases, bits, alice_bases, intensities)
+        key = [(bit, i) for b, a, bit, i in cases if b == a == Z and i != 3]
+        test = [(bit, i) for b, a, bit, i in cases if b == a == X and i != 3]
+        self.assertEqual(list(zip(sifted.key, sifted.key_intensity)), key)
+        self.assertEqual(list(zip(sifted.test, sifted.test_intensity)), test)
+        self.assertEqual(len(key), 6)
+        self.assertEqual(NOT_SENT, 3)
+
+    def test_matches_shapes_must_agree(self):
+        with self.assertRaisesRegex(ValueError, r"one basis, Alice's basis and intensity per detection"):
+            matches([0, 1], [0], [0, 0])

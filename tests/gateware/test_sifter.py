@@ -1,0 +1,166 @@
+# amaranth: UnusedElaboratable=no
+import itertools
+import os
+import random
+import unittest
+from contextlib import nullcontext
+
+import numpy as np
+from amaranth.sim import Simulator
+
+from qkdlink.gateware import sifter as gateware_sifter
+from qkdlink.gateware.sifter import Sifter
+from qkdlink.gateware.stream import stream_get, stream_put
+from qkdlink.host.sifting import NOT_SENT, X, Z, matches, sift
+
+
+_FIELDS = ("basis", "bit", "alice_basis", "intensity")
+
+
+def _simulate(test, dut, testbenches):
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    for testbench in testbenches:
+        sim.add_testbench(testbench)
+    with sim.write_vcd(f"{test.id()}.vcd") if os.getenv("GENERATE_VCDS") else nullcontext():
+        sim.run()
+
+
+class SifterTestCase(unittest.TestCase):
+    def run_sifter(self, columns, *, seed, stall):
+        """Sift ``columns`` (bases, bits, Alice's bases, intensities) with every stream stalled at random; check
+        the three outputs against the host model, beat for beat, and that nothing more comes out."""
+        bases, bits, alice_bases, intensities = (np.asarray(column, np.uint8) for column in columns)
+        sifted = sift(bases, bits, alice_bases, intensities)
+        expected = {
+            "match": list(zip(matches(bases, alice_bases, intensities), intensities)),
+            "key":   list(sifted.key),
+            "test":  list(zip(sifted.test, sifted.test_intensity)),
+        }
+        dut = Sifter()
+        received = {name: 0 for name in expected}
+
+        def staller(salt):
+            rng = random.Random(f"{seed}/{salt}")
+            async def pause(ctx):
+                while rng.random() < stall:
+                    await ctx.tick()
+            return pause
+
+        async def put(ctx):
+            pause = staller("detections")
+            for detection in zip(bases, bits, alice_bases, intensities):
+                await pause(ctx)
+                await stream_put(ctx, dut.i_detections, dict(zip(_FIELDS, (int(value) for value in detection))))
+            for _ in range(len(bases) * 10):
+                if received == {name: len(beats) for name, beats in expected.items()}:
+                    break
+                await ctx.tick()
+            for _ in range(20):
+                _, _, *valid = await ctx.tick().sample(dut.o_match.valid, dut.o_key.valid, dut.o_test.valid)
+                self.assertEqual(valid, [0, 0, 0], "a beat the model does not have")
+
+        def getter(name, stream, unpack):
+            async def get(ctx):
+                pause = staller(name)
+                for index, beat in enumerate(expected[name]):
+                    await pause(ctx)
+                    self.assertEqual(unpack(await stream_get(ctx, stream)), beat, f"{name} beat {index}")
+                    received[name] += 1
+            return get
+
+        _simulate(self, dut, [
+            put,
+            getter("match", dut.o_match, lambda p: (p.match, p.intensity)),
+            getter("key",   dut.o_key,   lambda p: p),
+            getter("test",  dut.o_test,  lambda p: (p.bit, p.intensity)),
+        ])
+        self.assertEqual(received, {name: len(beats) for name, beats in expected.items()})
+        return expected
+
+    def test_every_case(self):
+        # Each of the 32 combinations, several times in a shuffled order.
+        cases = list(itertools.product((Z, X), (0, 1), (Z, X), (0, 1, 2, NOT_SENT))) * 4
+        random.Random(1).shuffle(cases)
+        expected = self.run_sifter(list(zip(*cases)), seed=1, stall=0.4)
+        self.assertEqual(len(expected["key"]), 24)
+        self.assertEqual(len(expected["test"]), 24)
+
+    def test_random(self):
+        rng = np.random.default_rng(2)
+        for stall in (0.0, 0.3, 0.7):
+            with self.subTest(stall=stall):
+                columns = [rng.integers(0, high, 400, dtype=np.uint8) for high in (2, 2, 2, 4)]
+                self.run_sifter(columns, seed=int(stall * 10), stall=stall)
+
+    def test_full_rate(self):
+        # One detection a cycle, each output one cycle behind its detection, while every output is ready.
+        rng = np.random.default_rng(3)
+        columns = [rng.integers(0, high, 100, dtype=np.uint8) for high in (2, 2, 2, 4)]
+        detections = [dict(zip(_FIELDS, (int(value) for value in row))) for row in zip(*columns)]
+        sifted = sift(*columns)
+        dut = Sifter()
+
+        async def bench(ctx):
+            for stream in (dut.o_match, dut.o_key, dut.o_test):
+                ctx.set(stream.ready, 1)
+            ctx.set(dut.i_detections.valid, 1)
+            keys, tests, match_cycles = [], [], []
+            for cycle, detection in enumerate(detections + [None]):
+                if detection is not None:
+                    ctx.set(dut.i_detections.payload, detection)
+                else:
+                    ctx.set(dut.i_detections.valid, 0)
+                _, _, ready, match, key, key_bit, test, test_payload = await ctx.tick().sample(
+                    dut.i_detections.ready, dut.o_match.valid, dut.o_key.valid, dut.o_key.payload,
+                    dut.o_test.valid, dut.o_test.payload)
+                if detection is not None:
+                    self.assertTrue(ready, f"detection {cycle} stalled")
+                if match:
+                    match_cycles.append(cycle)
+                if key:
+                    keys.append(key_bit)
+                if test:
+                    tests.append(test_payload.bit)
+            self.assertEqual(match_cycles, list(range(1, len(detections) + 1)))
+            self.assertEqual(keys, list(sifted.key))
+            self.assertEqual(tests, list(sifted.test))
+
+        _simulate(self, dut, [bench])
+
+    def test_stalled_output(self):
+        # With o_key stalled, a Z-basis match sits in o_key; the next detection is taken and waits in the core
+        # (no beat of it comes out), and the one after it is refused. Once the key bit leaves, both follow in order.
+        dut = Sifter()
+        detections = [{"basis": Z, "bit": 1, "alice_basis": Z, "intensity": 0},
+                      {"basis": X, "bit": 1, "alice_basis": X, "intensity": 1},
+                      {"basis": Z, "bit": 0, "alice_basis": Z, "intensity": 2}]
+        matches_seen = []
+
+        async def bench(ctx):
+            await stream_put(ctx, dut.i_detections, detections[0], timeout=1)
+            await stream_put(ctx, dut.i_detections, detections[1], timeout=1)
+            ctx.set(dut.i_detections.payload, detections[2])
+            ctx.set(dut.i_detections.valid, 1)
+            for _ in range(10):
+                _, _, ready, test = await ctx.tick().sample(dut.i_detections.ready, dut.o_test.valid)
+                self.assertEqual((ready, test), (0, 0))
+            self.assertEqual(len(matches_seen), 1)
+            self.assertEqual(await stream_get(ctx, dut.o_key, timeout=1), 1)
+            await stream_put(ctx, dut.i_detections, detections[2], timeout=2)
+            self.assertEqual((await stream_get(ctx, dut.o_test, timeout=1)).intensity, 1)
+            self.assertEqual(await stream_get(ctx, dut.o_key, timeout=2), 0)
+            await ctx.tick().repeat(3)
+            self.assertEqual(matches_seen, [(1, 0), (1, 1), (1, 2)])
+
+        async def collect_matches(ctx):
+            ctx.set(dut.o_match.ready, 1)
+            for _ in range(40):
+                _, _, valid, payload = await ctx.tick().sample(dut.o_match.valid, dut.o_match.payload)
+                if valid:
+                    matches_seen.append((payload.match, payload.intensity))
+
+        _simulate(self, dut, [bench, collect_matches])
+
+    def test_constants_match_host(self):
+        self.assertEqual((gateware_sifter._Z, gateware_sifter._X, gateware_sifter._NOT_SENT), (Z, X, NOT_SENT))
