@@ -1,0 +1,468 @@
+"""Slot assignment and gating: from time-tagger events to the (frame, slot) of each detection, and squashing.
+
+:class:`SlotAssigner` follows Alice's frames in Bob's time base: each sync edge starts a frame ``delay`` bins later,
+and a fixed-point slot period (measured by :func:`qkdlink.host.slots.calibrate`, since the two boards' clocks
+differ) divides the frame into slots. A detector edge is kept if it falls inside the gate, a window of each slot
+where the photons arrive; the edges kept in one slot make one detection with the pattern of its detectors.
+:class:`Squasher` then maps each detection's pattern to one basis and bit.
+
+The definition the assigner implements, with its two real-time rules (the *switch cycle* and *overrun* rules), is
+written out in :mod:`qkdlink.sim.slots`, whose :func:`~qkdlink.sim.slots.assign` is its bit-exact model.
+
+How the assigner works in real time, with no division: a *tracker* holds the current frame's phase ``r`` (fixed
+point, ``0 <= r < period``) and slot ``s`` at the first bin of each cycle, and advances by one cycle (``P``
+bins) a clock, subtracting the period when the slot ends in the cycle. Since a slot lasts at least one cycle, an
+edge at bin ``f`` of the cycle has ``x = r + (f << F)`` and lies in slot ``s`` (``x < period``) or ``s + 1``. Sync
+edges are seen two cycles before the tracker processes the same cycle, so a frame can start as early as the bin
+of its sync; one pending frame start waits for its switch cycle. The open slot's pattern is held until the tracker
+leaves the slot, which happens at most once a cycle, so at most one detection comes out a cycle.
+
+Timing: only the tracker loop (one subtraction of the full 16 + F bit width and a multiplexer) is not pipelined.
+The edges of a cycle share the fraction of ``r``, so each edge's arithmetic works on whole bins (17 bits) with one
+borrow from the fractions computed once a cycle; everything else is cut into pipeline stages (``LATENCY``).
+"""
+
+from amaranth import *
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .timetagger import event_layout
+
+
+__all__ = ["detection_layout", "squashed_layout", "SlotAssigner", "Squasher"]
+
+
+def detection_layout(*, frame_width, frame_bits, detectors=4):
+    """A detection: the frame and slot it lies in, and the detectors that clicked (bit ``c`` for detector ``c``)."""
+    return data.StructLayout({
+        "frame":   unsigned(frame_width),
+        "slot":    unsigned(frame_bits),
+        "pattern": unsigned(detectors),
+    })
+
+
+def squashed_layout(*, frame_width, frame_bits):
+    """A squashed detection: frame, slot, and the basis (0 = Z, 1 = X) and bit it stands for."""
+    return data.StructLayout({
+        "frame": unsigned(frame_width),
+        "slot":  unsigned(frame_bits),
+        "basis": unsigned(1),
+        "bit":   unsigned(1),
+    })
+
+
+def _check_positive(value, name):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise TypeError(f"{name} must be a positive integer, not {value!r}")
+
+
+class SlotAssigner(wiring.Component):
+    """Assign detector edges to (frame, slot), gate them, and merge each slot's edges into one detection.
+
+    The definition (frames start ``delay`` bins after their sync, slot ``(t - B0) * 2**F // period``, the gate on
+    the phase within the slot, and the switch-cycle and overrun rules) is that of :mod:`qkdlink.sim.slots`.
+
+    Time is the clock: ``i_events`` runs in lockstep with the time-tagger, one clock cycle per tagger cycle, and a
+    cycle without a beat is a cycle without edges. The events' ``cycle`` field is not used.
+
+    Parameters
+    ----------
+    detectors : int
+        Detector channels; the tagger's channel ``detectors`` is the sync.
+    phases : int
+        Bins per clock cycle (P), a power of two.
+    frame_bits : int
+        A frame has ``2 ** frame_bits`` slots.
+    fraction_bits : int
+        Fraction bits (F) of the slot period.
+    frame_width : int
+        Width of the frame numbers (they wrap around).
+
+    Members
+    -------
+    delay : In(32)
+        Bins from a sync edge to the start of its frame.
+    period : In(16 + fraction_bits)
+        Slot period in bins, times ``2 ** fraction_bits``; at least one clock cycle (``phases << fraction_bits``),
+        or the output means nothing.
+    gate_start, gate_width : In(16)
+        Accepted phases of a slot, in bins: ``gate_start <= phase < gate_start + gate_width``.
+    i_events : In(stream.Signature(event_layout(detectors + 1, phases), always_ready=True))
+        The time-tagger's events.
+    o_detections : Out(stream.Signature(detection_layout(...), always_ready=True))
+        One beat per detection, in time order, at most one a cycle; a detection comes out once its slot has ended
+        (about ``LATENCY`` cycles after the tracker passes the slot's last bin).
+    frames, gated, outside, overrun : Out(32)
+        Sync edges seen; detector edges outside the gate; detector edges before the first frame or beyond the
+        frame's last slot (or in slot ``s + 1`` of a switch cycle); syncs whose frame never started.
+
+    The settings are registered inside: a change takes effect ``SETTINGS_LATENCY`` cycles later, and they should
+    only change while no frame runs.
+    """
+
+    #: Clock cycles from an event on ``i_events`` to its effect on ``gated`` and ``outside`` and, if the slot it
+    #: falls in ends in the same cycle, its detection on ``o_detections`` (``frames`` and ``overrun`` count sooner).
+    LATENCY = 8
+    #: Clock cycles from a change of a setting to its use.
+    SETTINGS_LATENCY = 2
+
+    def __init__(self, *, detectors=4, phases, frame_bits, fraction_bits=24, frame_width=32):
+        _check_positive(detectors, "Detector count")
+        if isinstance(phases, bool) or not isinstance(phases, int) or phases < 1 or phases & (phases - 1):
+            raise TypeError(f"Phases must be a positive power of two, not {phases!r}")
+        _check_positive(frame_bits, "Frame bits")
+        if isinstance(fraction_bits, bool) or not isinstance(fraction_bits, int) or fraction_bits < 0:
+            raise TypeError(f"Fraction bits must be a non-negative integer, not {fraction_bits!r}")
+        _check_positive(frame_width, "Frame width")
+        self._detectors = detectors
+        self._phases = phases
+        self._frame_bits = frame_bits
+        self._fraction_bits = fraction_bits
+        self._frame_width = frame_width
+        super().__init__({
+            "delay":        In(32),
+            "period":       In(16 + fraction_bits),
+            "gate_start":   In(16),
+            "gate_width":   In(16),
+            "i_events":     In(stream.Signature(event_layout(detectors + 1, phases), always_ready=True)),
+            "o_detections": Out(stream.Signature(detection_layout(frame_width=frame_width, frame_bits=frame_bits,
+                                                                  detectors=detectors), always_ready=True)),
+            "frames":       Out(32),
+            "gated":        Out(32),
+            "outside":      Out(32),
+            "overrun":      Out(32),
+        })
+
+    @property
+    def detectors(self):
+        return self._detectors
+
+    @property
+    def phases(self):
+        return self._phases
+
+    @property
+    def frame_bits(self):
+        return self._frame_bits
+
+    @property
+    def fraction_bits(self):
+        return self._fraction_bits
+
+    @property
+    def frame_width(self):
+        return self._frame_width
+
+    def elaborate(self, platform):
+        m = Module()
+
+        D, P, F, K = self._detectors, self._phases, self._fraction_bits, self._frame_bits
+        L = (P - 1).bit_length()                # log2(P): bits of a fine time
+        W = 16 + F                              # width of the period and of the tracker's phase
+        step = P << F                           # one clock cycle, in fixed point
+
+        # Settings, registered (SETTINGS_LATENCY): the subtractions are precomputed once, off the datapath.
+        period     = Signal(W)
+        short      = Signal(W)                  # period - one cycle: r >= short <=> the slot ends in this cycle
+        gate_start = Signal(16)
+        gate_end   = Signal(17)
+        delay      = Signal(33)                 # delay + P - 1: see the switch cycle below
+        no_delay   = Signal()
+        m.d.sync += [
+            period.eq(self.period),
+            short.eq(self.period - step),
+            gate_start.eq(self.gate_start),
+            gate_end.eq(self.gate_start + self.gate_width),
+            delay.eq(self.delay + (P - 1)),
+            no_delay.eq(self.delay == 0),
+        ]
+
+        # Stage 1: the events, registered.
+        hits1 = Signal(D + 1)
+        fine1 = Signal(data.ArrayLayout(L, D + 1))
+        m.d.sync += [
+            hits1.eq(Mux(self.i_events.valid, self.i_events.p.hits, 0)),
+            fine1.eq(self.i_events.p.fine),
+        ]
+
+        # Stage 2, the sync stage. A sync at bin t_s = n*P + f of cycle n starts its frame at B0 = t_s + delay,
+        # whose switch cycle (the one holding B0 - 1) is n + ahead - 1 with ahead = (f + delay + P - 1) >> L, and
+        # the frame's first bin in that cycle is f0 = ((f + delay + P - 1) mod P) + 1, in 1..P. `now2` is
+        # ahead == 0 (the switch cycle is the one before the sync's), which happens only for f = 0 and no delay.
+        sync2 = Signal()
+        sum2  = Signal(34)
+        now2  = Signal()
+        m.d.sync += [
+            sync2.eq(hits1[D]),
+            sum2.eq(fine1[D] + delay),
+            now2.eq((fine1[D] == 0) & no_delay),
+        ]
+        ahead = sum2[L:]
+
+        # The tracker processes cycle n - 2 while the sync stage sees cycle n, so a frame loads into the tracker
+        # at the end of the sync stage's cycle switch + 1, and a sync that comes while a start is pending (up to
+        # and including that cycle) overruns it. `pending_wait` counts down to the load: switch + 1 - (this cycle);
+        # `pending_due` is pending_wait == 0, kept in a register so that the load decision is short.
+        count         = Signal(max(32, self._frame_width))     # syncs seen; the next frame's number
+        pending       = Signal()
+        pending_wait  = Signal(len(ahead))
+        pending_due   = Signal()
+        pending_first = Signal(L + 1)
+        pending_frame = Signal(self._frame_width)
+        load          = Signal()
+        load_first    = Signal(L + 1)
+        load_frame    = Signal(self._frame_width)
+        overrun       = Signal(32)
+        m.d.comb += [self.frames.eq(count), self.overrun.eq(overrun)]
+        with m.If(sync2):
+            m.d.sync += count.eq(count + 1)
+            with m.If(pending):
+                m.d.sync += overrun.eq(overrun + 1)
+            with m.If(now2):
+                m.d.comb += [
+                    load.eq(1),
+                    load_first.eq(sum2[:L] + 1),
+                    load_frame.eq(count),
+                ]
+                m.d.sync += pending.eq(0)
+            with m.Else():
+                m.d.sync += [
+                    pending.eq(1),
+                    pending_wait.eq(ahead - 1),
+                    pending_due.eq(ahead == 1),
+                    pending_first.eq(sum2[:L] + 1),
+                    pending_frame.eq(count),
+                ]
+        with m.Elif(pending):
+            with m.If(pending_due):
+                m.d.comb += [
+                    load.eq(1),
+                    load_first.eq(pending_first),
+                    load_frame.eq(pending_frame),
+                ]
+                m.d.sync += pending.eq(0)
+            with m.Else():
+                m.d.sync += [
+                    pending_wait.eq(pending_wait - 1),
+                    pending_due.eq(pending_wait == 1),
+                ]
+
+        # The detector events pass the sync stage and wait two cycles more, to meet the tracker state of their cycle.
+        hits_d, fine_d = hits1[:D], Cat(fine1[c] for c in range(D))
+        for _ in range(3):
+            hits_next, fine_next = Signal(D), Signal(D * L)
+            m.d.sync += [hits_next.eq(hits_d), fine_next.eq(fine_d)]
+            hits_d, fine_d = hits_next, fine_next
+        fine_d = [fine_d[c * L:(c + 1) * L] for c in range(D)]
+
+        # The tracker (stage T): the current frame's phase and slot at the first bin of this cycle. In the switch
+        # cycle of a new frame, `first` is that frame's first bin in the cycle; the tracker continues the old frame
+        # through the cycle and takes up the new one at its end, at phase (P - first) bins, slot 0.
+        r         = Signal(W)
+        s         = Signal(K + 1)               # saturates at 2**K: beyond the frame
+        frame     = Signal(self._frame_width)
+        started   = Signal()
+        switch    = Signal()
+        first     = Signal(L + 1)
+        new_frame = Signal(self._frame_width)
+        past      = Signal(W + 1)
+        ends      = Signal()                    # the current slot ends in this cycle
+        m.d.comb += [
+            past.eq(r - short),
+            ends.eq(~past[W]),
+        ]
+        with m.If(switch):
+            m.d.sync += [
+                r.eq((P - first) << F),
+                s.eq(0),
+                frame.eq(new_frame),
+                started.eq(1),
+            ]
+        with m.Elif(ends):
+            m.d.sync += [
+                r.eq(past[:W]),
+                s.eq(s + ~s[K]),
+            ]
+        with m.Else():
+            m.d.sync += r.eq(r + step)
+        m.d.sync += [
+            switch.eq(load),
+            first.eq(load_first),
+            new_frame.eq(load_frame),
+        ]
+
+        # Stage X: each edge's x = (t - B0) << F relative to the frame it belongs to, whole bins only: an old-frame
+        # edge at bin f has the fraction of r, shared by all edges of the cycle, so x >= period is decided by the
+        # whole bins and one borrow from the fractions. An edge at or after the new frame's first bin in a switch
+        # cycle belongs to the new frame, at x = f - first bins (less than a cycle, so x < period: its slot 0).
+        x_hit, x_new = Signal(D), Signal(D)
+        x_bins    = [Signal(17, name=f"x_bins{c}") for c in range(D)]
+        x_borrow  = Signal()                    # r's fraction < the period's
+        x_frame   = Signal(self._frame_width)
+        x_slot    = Signal(K)
+        x_started = Signal()
+        x_switch  = Signal()
+        x_moving  = Signal()                    # the tracker leaves its slot at the end of this cycle
+        x_beyond  = Signal()                    # the slot is past the frame's last one
+        x_last    = Signal()                    # the slot is the frame's last one
+        for c in range(D):
+            new = switch & (fine_d[c] >= first)
+            m.d.sync += [
+                x_hit[c].eq(hits_d[c]),
+                x_new[c].eq(new),
+                x_bins[c].eq(Mux(new, fine_d[c] - first, r[F:] + fine_d[c])),
+            ]
+        m.d.sync += [
+            x_borrow.eq(r[:F] < period[:F]),
+            x_frame.eq(frame),
+            x_slot.eq(s[:K]),
+            x_started.eq(started),
+            x_switch.eq(switch),
+            x_moving.eq(switch | ends),
+            x_beyond.eq(s[K]),
+            x_last.eq(s[:K] == (1 << K) - 1),
+        ]
+
+        # Stage Y: slot s or s + 1 (`y_next`, x >= period), and the phase's whole bins, x or x - period.
+        y_hit, y_new, y_next = Signal(D), Signal(D), Signal(D)
+        y_phase = [Signal(16, name=f"y_phase{c}") for c in range(D)]
+        y_frame   = Signal(self._frame_width)
+        y_slot    = Signal(K)
+        y_moving  = Signal()
+        y_outside = Signal()                    # an edge in slot s + 1 is outside
+        y_none    = Signal()                    # an edge of the old frame is outside
+        for c in range(D):
+            later = Signal(18, name=f"later{c}")
+            m.d.comb += later.eq(x_bins[c] - period[F:] - x_borrow)
+            m.d.sync += [
+                y_next[c].eq(~later[17]),
+                y_phase[c].eq(Mux(later[17], x_bins[c], later)),
+            ]
+        m.d.sync += [
+            y_hit.eq(x_hit),
+            y_new.eq(x_new),
+            y_frame.eq(x_frame),
+            y_slot.eq(x_slot),
+            y_moving.eq(x_moving),
+            y_outside.eq(x_switch | x_last | x_beyond),
+            y_none.eq(~x_started | x_beyond),
+        ]
+
+        # Stage G: classify each edge; the accepted ones of slot s (or the old frame's slot in a switch cycle)
+        # and of the next slot (s + 1, or the new frame's slot 0) form two patterns.
+        g_current, g_next = Signal(D), Signal(D)
+        g_gated, g_outside = Signal(range(D + 1)), Signal(range(D + 1))
+        g_frame  = Signal(self._frame_width)
+        g_slot   = Signal(K)
+        g_moving = Signal()
+        outside_edges, gated_edges = [], []
+        for c in range(D):
+            outside = y_hit[c] & ~y_new[c] & (y_none | (y_next[c] & y_outside))
+            inside = (y_phase[c] >= gate_start) & (y_phase[c] < gate_end)
+            accepted = y_hit[c] & ~outside & inside
+            outside_edges.append(outside)
+            gated_edges.append(y_hit[c] & ~outside & ~inside)
+            later = y_new[c] | y_next[c]
+            m.d.sync += [
+                g_current[c].eq(accepted & ~later),
+                g_next[c].eq(accepted & later),
+            ]
+        m.d.sync += [
+            g_gated.eq(sum(gated_edges)),
+            g_outside.eq(sum(outside_edges)),
+            g_frame.eq(y_frame),
+            g_slot.eq(y_slot),
+            g_moving.eq(y_moving),
+        ]
+
+        # Stage E: the open slot's pattern; it goes out when the tracker leaves the slot.
+        pattern = Signal(D)
+        gated   = Signal(32)
+        outside = Signal(32)
+        closing = pattern | g_current
+        with m.If(g_moving):
+            m.d.sync += [
+                self.o_detections.valid.eq(closing != 0),
+                self.o_detections.p.frame.eq(g_frame),
+                self.o_detections.p.slot.eq(g_slot),
+                self.o_detections.p.pattern.eq(closing),
+                pattern.eq(g_next),
+            ]
+        with m.Else():
+            m.d.sync += [
+                self.o_detections.valid.eq(0),
+                pattern.eq(closing),
+            ]
+        m.d.sync += [
+            gated.eq(gated + g_gated),
+            outside.eq(outside + g_outside),
+        ]
+        m.d.comb += [self.gated.eq(gated), self.outside.eq(outside)]
+
+        return m
+
+
+class Squasher(wiring.Component):
+    """Map each detection's pattern to one basis and bit, with one random word per detection.
+
+    The rule is :func:`qkdlink.host.sifting.squash`: a single click gives its detector's basis and bit; a double
+    click within one basis gets that basis and a random bit; clicks in both bases get a random basis and a random
+    bit.
+
+    Parameters
+    ----------
+    frame_width, frame_bits : int
+        As for :class:`SlotAssigner`.
+    detectors : int
+        Must be 4: Z0, Z1, X0, X1.
+
+    Members
+    -------
+    i_detections : In(stream.Signature(detection_layout(...)))
+        Detections with a non-zero pattern.
+    i_random : In(stream.Signature(2))
+        One word per detection: bit 0 picks the basis and bit 1 the bit where the rule asks for a random one
+        (``squash``'s columns 0 and 1).
+    o_detections : Out(stream.Signature(squashed_layout(...)))
+        One beat per detection, a cycle after both inputs' beats.
+    """
+
+    def __init__(self, *, frame_width, frame_bits, detectors=4):
+        _check_positive(frame_width, "Frame width")
+        _check_positive(frame_bits, "Frame bits")
+        if detectors != 4:
+            raise TypeError(f"Squashing needs the four detectors Z0, Z1, X0, X1, not {detectors!r}")
+        self._frame_width = frame_width
+        self._frame_bits = frame_bits
+        super().__init__({
+            "i_detections": In(stream.Signature(detection_layout(frame_width=frame_width, frame_bits=frame_bits))),
+            "i_random":     In(stream.Signature(2)),
+            "o_detections": Out(stream.Signature(squashed_layout(frame_width=frame_width,
+                                                                 frame_bits=frame_bits))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+
+        pattern = self.i_detections.p.pattern
+        random_basis, random_bit = self.i_random.payload[0], self.i_random.payload[1]
+        z, x = pattern[0:2].any(), pattern[2:4].any()
+        both = z & x
+        basis = Mux(both, random_basis, x)
+        lanes = Mux(basis, pattern[2:4], pattern[0:2])
+        bit = Mux(both | (lanes == 0b11), random_bit, lanes[1])
+
+        with m.If(self.i_detections.valid & self.i_random.valid &
+                  (~self.o_detections.valid | self.o_detections.ready)):
+            m.d.comb += [self.i_detections.ready.eq(1), self.i_random.ready.eq(1)]
+            m.d.sync += [
+                self.o_detections.valid.eq(1),
+                self.o_detections.p.frame.eq(self.i_detections.p.frame),
+                self.o_detections.p.slot.eq(self.i_detections.p.slot),
+                self.o_detections.p.basis.eq(basis),
+                self.o_detections.p.bit.eq(bit),
+            ]
+        with m.Elif(self.o_detections.ready):
+            m.d.sync += self.o_detections.valid.eq(0)
+
+        return m
