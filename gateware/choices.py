@@ -12,7 +12,8 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .memory import SinglePortMemory
-from .sequencer import NOT_SENT, Choice, _check_frame, choice_layout
+from ..numbering import NOT_SENT
+from .sequencer import Choice, _check_frame, choice_layout
 
 
 __all__ = ["ChoiceMemory"]

@@ -10,12 +10,10 @@ from amaranth import *
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..numbering import NOT_SENT
 
-__all__ = ["NOT_SENT", "RandomWord", "Thresholds", "Choice", "choice_layout", "SlotSequencer"]
 
-
-#: Intensity of a slot whose source did not fire (no random word was there for it).
-NOT_SENT = 3
+__all__ = ["RandomWord", "Thresholds", "Choice", "choice_layout", "SlotSequencer"]
 
 
 class RandomWord(data.Struct):

@@ -9,14 +9,14 @@ from amaranth import *
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..numbering import NOT_SENT, X, Z
+
 
 __all__ = ["Detection", "Match", "ErrorSample", "Sifter"]
 
 
 # Kept equal to qkdlink.host.sifting (gateware imports nothing of ours but gateware); tests/gateware/test_sifter.py
 # checks that they agree.
-_Z, _X = 0, 1
-_NOT_SENT = 3
 
 
 class Detection(data.Struct):
@@ -110,14 +110,14 @@ class Sifter(wiring.Component):
             load.eq(~valid | advance),
         ]
         with m.If(load):
-            source_match = (source.basis == source.alice_basis) & (source.intensity != _NOT_SENT)
+            source_match = (source.basis == source.alice_basis) & (source.intensity != NOT_SENT)
             m.d.sync += [
                 valid.eq(skid_valid | self.i_detections.valid),
                 bit.eq(source.bit),
                 intensity.eq(source.intensity),
                 match.eq(source_match),
-                to_key.eq(source_match & (source.basis == _Z)),
-                to_test.eq(source_match & (source.basis == _X)),
+                to_key.eq(source_match & (source.basis == Z)),
+                to_test.eq(source_match & (source.basis == X)),
                 taken.eq(0),
             ]
         with m.Else():

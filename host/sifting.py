@@ -10,14 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..numbering import NOT_SENT, X, Z
+
 
 __all__ = ["Z", "X", "NOT_SENT", "squash", "SiftedBlock", "matches", "sift"]
 
-
-Z, X = 0, 1
-
-#: The intensity index of a slot that Alice did not send: a click in it is noise, never key or test data.
-NOT_SENT = 3
 
 _Z_CLICKS = 0b0011
 _X_CLICKS = 0b1100

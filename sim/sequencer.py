@@ -13,6 +13,8 @@ import math
 
 import numpy as np
 
+from ..numbering import NOT_SENT
+
 
 __all__ = ["RANDOM_RANGE", "NOT_SENT", "thresholds", "choose", "choices", "SlotSequencerModel",
            "ChoiceMemoryModel"]
@@ -20,9 +22,6 @@ __all__ = ["RANDOM_RANGE", "NOT_SENT", "thresholds", "choose", "choices", "SlotS
 
 #: Random words of the basis and intensity draws are 16 bits: thresholds count in 1/65536.
 RANDOM_RANGE = 1 << 16
-
-#: The intensity of a slot whose source did not fire.
-NOT_SENT = 3
 
 
 def thresholds(p_z, probabilities):

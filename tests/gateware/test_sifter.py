@@ -8,7 +8,6 @@ from contextlib import nullcontext
 import numpy as np
 from amaranth.sim import Simulator
 
-from qkdlink.gateware import sifter as gateware_sifter
 from qkdlink.gateware.sifter import Sifter
 from qkdlink.gateware.stream import stream_get, stream_put
 from qkdlink.host.sifting import NOT_SENT, X, Z, matches, sift
@@ -161,6 +160,3 @@ class SifterTestCase(unittest.TestCase):
                     matches_seen.append((payload.match, payload.intensity))
 
         _simulate(self, dut, [bench, collect_matches])
-
-    def test_constants_match_host(self):
-        self.assertEqual((gateware_sifter._Z, gateware_sifter._X, gateware_sifter._NOT_SENT), (Z, X, NOT_SENT))
