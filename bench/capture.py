@@ -22,6 +22,7 @@ import numpy as np
 from amaranth.sim import Simulator
 
 from bench.machine import describe
+from qkdlink.gateware.choices import ChoiceMemory
 from qkdlink.gateware.keymemory import KeyMemory
 from qkdlink.gateware.sifter import Sifter
 from qkdlink.gateware.slots import SlotAssigner, Squasher
@@ -144,6 +145,14 @@ def sifter_rate():
                            drained=("o_key", "o_test"))
 
 
+def lookup_rate():
+    """Alice's side of sifting: lookups of Bob's announced slots in the choice memory (while no frame is written:
+    at one slot a cycle, writes take one cycle in four and lookups keep the rest)."""
+    dut = ChoiceMemory(frame_bits=10, frames=2)
+    return beats_per_cycle(dut, {"i_lookup": lambda n: {"frame": 0, "slot": n & 1023, "basis": n & 1}},
+                           "o_lookup")
+
+
 def keymemory_rate():
     dut = KeyMemory(max_bits=1 << 14, width=4)
     counts = []
@@ -209,6 +218,7 @@ def main():
         ("Time-tagger (edges, 5 inputs, 2 / 4 samples a cycle)", tagger_rate(2), tagger_rate(4)),
         ("Slot assigner (detections, slot = 1 cycle)", assigner_rate(2), assigner_rate(4)),
         ("Squasher (detections)", squasher_rate(), None),
+        ("Choice memory (Alice's lookups of Bob's detections)", lookup_rate(), None),
         ("Sifter (detections)", sifter_rate(), None),
         ("Key memory (appended bits)", keymemory_rate(), None),
     ]
