@@ -37,12 +37,14 @@ from amaranth.build import Attrs, Pins, Resource
 from amaranth_boards.icebreaker import ICEBreakerPlatform
 from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
+from ..numbering import CHANNELS
+
 
 __all__ = ["Board", "BOARDS", "DETECTOR_CHANNELS", "MODULATOR_OUTPUTS", "board", "detector_resource"]
 
 
 #: Names of the time-tagger channels, in the order of the ``detectors`` resource's bits.
-DETECTOR_CHANNELS = ("z0", "z1", "x0", "x1", "sync")
+DETECTOR_CHANNELS = CHANNELS
 
 #: Names of Alice's modulator outputs, in the order of the ``modulators`` resource's bits.
 MODULATOR_OUTPUTS = ("basis", "bit", "intensity0", "intensity1", "emit", "sync")
