@@ -7,7 +7,6 @@ with random back-pressure and releases (good and bad), and checks every output i
 :class:`~qkdlink.sim.sequencer.SlotSequencerModel` and :class:`~qkdlink.sim.sequencer.ChoiceMemoryModel`.
 """
 
-import os
 import random
 from pathlib import Path
 
@@ -15,12 +14,12 @@ import cocotb
 from amaranth import Module
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import Out
-from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from qkdlink.gateware.choices import ChoiceMemory
 from qkdlink.gateware.sequencer import SlotSequencer
 from qkdlink.sim.sequencer import ChoiceMemoryModel, SlotSequencerModel
+from tests.cocotb import harness
 
 
 FRAME_BITS, FRAMES = 3, 3
@@ -36,11 +35,9 @@ class Capture(wiring.Component):
         memory = self.memory.signature.members
         super().__init__({
             **{name: sequencer[name] for name in ("period", "p_z", "intensity_thresholds", "enable", "i_random",
-                                                  "basis", "bit", "intensity", "emit", "sync", "starved")},
+                                                  "basis", "bit", "intensity", "emit", "sync", "starved",
+                                                  "o_choices")},
             **{name: memory[name] for name in ("i_release", "i_lookup", "o_lookup", "bad_lookup", "bad_release")},
-            # The choice stream as plain outputs: a port cannot be the constant ready of an always-ready stream.
-            "choices_valid": Out(1),
-            "choices": Out(sequencer["o_choices"].signature.members["payload"].shape),
             "frame_free": Out(1),
         })
 
@@ -49,11 +46,10 @@ class Capture(wiring.Component):
         m.submodules.sequencer = sequencer = self.sequencer
         m.submodules.memory = memory = self.memory
         wiring.connect(m, sequencer.o_choices, memory.i_choices)
+        wiring.connect(m, sequencer.o_choices, wiring.flipped(self.o_choices))
         m.d.comb += [
             sequencer.i_frame_free.eq(memory.o_frame_free),
             self.frame_free.eq(memory.o_frame_free),
-            self.choices_valid.eq(sequencer.o_choices.valid),
-            self.choices.eq(sequencer.o_choices.payload),
         ]
         for name in ("period", "p_z", "intensity_thresholds", "enable"):
             m.d.comb += getattr(sequencer, name).eq(getattr(self, name))
@@ -73,10 +69,6 @@ def _layout(core, *path):
     for name in path[:-1]:
         signature = signature.members[name].signature
     return data.Layout.cast(signature.members[path[-1]].shape)
-
-
-def _pack(layout, value):
-    return int(layout.const(value).as_value().value)
 
 
 def _fields(layout, bits, names):
@@ -100,7 +92,7 @@ class TB:
         self.memory = ChoiceMemoryModel(frame_bits=FRAME_BITS, frames=FRAMES)
         self.word_layout = _layout(self.core, "i_random", "payload")
         self.thresholds_layout = _layout(self.core, "intensity_thresholds")
-        self.choice_layout = _layout(self.core, "choices")
+        self.choice_layout = _layout(self.core, "o_choices", "payload")
         self.lookup_layout = _layout(self.core, "i_lookup", "payload")
         self.answer_layout = _layout(self.core, "o_lookup", "payload")
         self.expected, self.received = [], []
@@ -109,20 +101,13 @@ class TB:
                        "bad releases": 0, "paused": 0}
 
     async def start(self):
-        Clock(self.dut.clk, 10, unit="ns").start()
-        self.dut.rst.value = 1
-        for name in ("i_random", "i_release", "i_lookup"):
-            self.dut[f"{name}__valid"].value = 0
-        self.dut.o_lookup__ready.value = 0
-        self.dut.enable.value = 0
-        for _ in range(2):
-            await RisingEdge(self.dut.clk)
-        self.dut.rst.value = 0
+        await harness.start(self.dut, zero=("i_random__valid", "i_release__valid", "i_lookup__valid",
+                                            "o_lookup__ready", "enable"))
 
     def _set_settings(self, period, p_z, t0, t1):
         self.dut.period.value = period
         self.dut.p_z.value = p_z
-        self.dut.intensity_thresholds.value = _pack(self.thresholds_layout, {"t0": t0, "t1": t1})
+        self.dut.intensity_thresholds.value = harness.pack(self.thresholds_layout, {"t0": t0, "t1": t1})
         self.sequencer.period, self.sequencer.p_z, self.sequencer.t0, self.sequencer.t1 = period, p_z, t0, t1
 
     def _random_word(self):
@@ -179,7 +164,7 @@ class TB:
                 offered = self._random_word()
             dut.i_random__valid.value = offered is not None
             if offered is not None:
-                dut.i_random__payload.value = _pack(self.word_layout, offered)
+                dut.i_random__payload.value = harness.pack(self.word_layout, offered)
             if rng.random() < 0.01:
                 enable = not enable
             dut.enable.value = enable
@@ -195,7 +180,7 @@ class TB:
                 lookup = self._new_lookup()
             dut.i_lookup__valid.value = lookup is not None
             if lookup is not None:
-                dut.i_lookup__payload.value = _pack(self.lookup_layout, lookup)
+                dut.i_lookup__payload.value = harness.pack(self.lookup_layout, lookup)
             ready = rng.random() < self.ready_rate
             dut.o_lookup__ready.value = ready
 
@@ -249,10 +234,10 @@ class TB:
         expected = self.sequencer.outputs()
         got = {name: int(dut[name].value) for name in ("basis", "bit", "intensity", "emit", "sync", "starved")}
         assert got == {name: int(expected[name]) for name in got}, f"cycle {cycle}: {got} != model {expected}"
-        valid = bool(dut.choices_valid.value)
+        valid = bool(dut.o_choices__valid.value)
         assert valid == (expected["choice"] is not None), f"cycle {cycle}: o_choices.valid {valid}"
         if valid:
-            beat = _fields(self.choice_layout, int(dut.choices.value),
+            beat = _fields(self.choice_layout, int(dut.o_choices__payload.value),
                            ("frame", "slot", "basis", "bit", "intensity"))
             assert beat == expected["choice"], f"cycle {cycle}: choice {beat} != model {expected['choice']}"
         self.counts["emit"] += got["emit"]
@@ -277,28 +262,10 @@ async def capture_matches_models(dut, period):
         assert counts[name] > 3, f"the run did not exercise {name}: {counts}"
 
 
-def _run(tmp_path):
-    from amaranth.back import verilog
-    from cocotb_tools.runner import get_runner
-
-    source = tmp_path / "capture.v"
-    source.write_text(verilog.convert(Capture(frame_bits=FRAME_BITS, frames=FRAMES), name="capture"))
-    runner = get_runner(os.getenv("SIM", "verilator"))
-    # Amaranth's generated Verilog is not written to Verilator's lint rules (widths, incomplete cases).
-    runner.build(sources=[source], hdl_toplevel="capture", build_dir=tmp_path / "sim_build",
-                 build_args=["-Wno-fatal", "-Wno-lint", "-Wno-style"],
-                 waves=bool(int(os.getenv("WAVES", "0"))))
-    runner.test(hdl_toplevel="capture", test_module=Path(__file__).stem, build_dir=tmp_path / "sim_build",
-                test_dir=Path(__file__).parent, results_xml=str(tmp_path / "results.xml"))
-
-
 def test_capture_verilator(tmp_path):
-    _run(tmp_path)
+    harness.run(tmp_path, Capture(frame_bits=FRAME_BITS, frames=FRAMES), toplevel="capture",
+                test_module=Path(__file__).stem)
 
 
 if __name__ == "__main__":
-    import tempfile
-    from qkdlink import toolchain
-    toolchain.setup()
-    with tempfile.TemporaryDirectory() as directory:
-        _run(Path(directory))
+    harness.main(test_capture_verilator)

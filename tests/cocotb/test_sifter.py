@@ -15,13 +15,13 @@ import numpy as np
 from amaranth import Module
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
-from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from qkdlink.gateware.keymemory import Command, KeyMemory, Op, Word
 from qkdlink.gateware.sifter import Detection, ErrorSample, Match, Sifter
 from qkdlink.host.sifting import matches, sift
 from qkdlink.sim.keymemory import KeyMemoryModel
+from tests.cocotb import harness
 
 
 class SiftToKeyMemory(wiring.Component):
@@ -63,10 +63,6 @@ def _parameters():
     return {"max_bits": int(os.environ["SIFTER_MAX_BITS"]), "width": int(os.environ["SIFTER_WIDTH"])}
 
 
-def _bits(layout, payload):
-    return int(data.Layout.cast(layout).const(payload).as_value().value)
-
-
 class TB:
     """Streams in and out of the top with random stalls; every wait bounded."""
 
@@ -79,48 +75,20 @@ class TB:
         self.width = _parameters()["width"]
 
     async def start(self):
-        Clock(self.dut.clk, 10, unit="ns").start()
-        for name in ("i_detections", "i_command", "i_flip"):
-            self.dut[f"{name}__valid"].value = 0
-        for name in ("o_match", "o_test", "o_words", "o_key"):
-            self.dut[f"{name}__ready"].value = 0
-        self.dut.rst.value = 1
-        for _ in range(2):
-            await RisingEdge(self.dut.clk)
-        self.dut.rst.value = 0
-
-    async def idle(self):
-        while self.rng.random() < self.stall:
-            await RisingEdge(self.dut.clk)
+        await harness.start(self.dut, zero=("i_detections__valid", "i_command__valid", "i_flip__valid",
+                                            "o_match__ready", "o_test__ready", "o_words__ready", "o_key__ready"))
 
     async def put(self, name, payload):
-        await self.idle()
-        self.dut[f"{name}__payload"].value = payload
-        self.dut[f"{name}__valid"].value = 1
-        for _ in range(self.timeout):
-            await ReadOnly()
-            accepted = bool(self.dut[f"{name}__ready"].value)
-            await RisingEdge(self.dut.clk)
-            if accepted:
-                self.dut[f"{name}__valid"].value = 0
-                return
-        raise AssertionError(f"{name} did not accept a beat within {self.timeout} cycles")
+        await harness.idle(self.dut, self.rng, self.stall)
+        await harness.put(self.dut, name, payload, timeout=self.timeout)
 
     async def get(self, name, layout=None):
-        await self.idle()
-        self.dut[f"{name}__ready"].value = 1
-        for _ in range(self.timeout):
-            await ReadOnly()
-            valid = bool(self.dut[f"{name}__valid"].value)
-            payload = int(self.dut[f"{name}__payload"].value)
-            await RisingEdge(self.dut.clk)
-            if valid:
-                self.dut[f"{name}__ready"].value = 0
-                return data.Layout.cast(layout).from_bits(payload) if layout is not None else payload
-        raise AssertionError(f"no {name} beat within {self.timeout} cycles")
+        await harness.idle(self.dut, self.rng, self.stall)
+        payload = await harness.get(self.dut, name, timeout=self.timeout)
+        return data.Layout.cast(layout).from_bits(payload) if layout is not None else payload
 
     async def command(self, op, passes=0):
-        await self.put("i_command", _bits(Command, {"op": op, "passes": passes}))
+        await self.put("i_command", harness.pack(Command, {"op": op, "passes": passes}))
 
     async def wait_count(self, count):
         for _ in range(self.timeout):
@@ -139,7 +107,7 @@ class TB:
 
         async def put_detections():
             for detection in zip(*columns):
-                await self.put("i_detections", _bits(Detection, dict(zip(
+                await self.put("i_detections", harness.pack(Detection, dict(zip(
                     ("basis", "bit", "alice_basis", "intensity"), (int(value) for value in detection)))))
 
         async def check_matches():
@@ -175,11 +143,8 @@ class TB:
         await RisingEdge(self.dut.clk)
 
     async def no_more_output(self):
-        for _ in range(50):
-            await ReadOnly()
-            for name in ("o_match", "o_test", "o_words", "o_key"):
-                assert not self.dut[f"{name}__valid"].value, f"a {name} beat the model does not have"
-            await RisingEdge(self.dut.clk)
+        await harness.assert_no_beats(self.dut, ["o_match", "o_test", "o_words", "o_key"], cycles=50,
+                                      message="a {name} beat the model does not have")
 
 
 def _detections(rng, count, *, z_matches=False, max_key=None):
@@ -259,25 +224,11 @@ async def full_memory_stalls_the_sifter(dut):
 
 
 def test_sifter_keymemory_verilator(tmp_path):
-    from amaranth.back import verilog
-    from cocotb_tools.runner import get_runner
-
     parameters = {"max_bits": 100, "width": 4}
     env = {"SIFTER_MAX_BITS": str(parameters["max_bits"]), "SIFTER_WIDTH": str(parameters["width"])}
-    source = tmp_path / "sift_keys.v"
-    source.write_text(verilog.convert(SiftToKeyMemory(**parameters), name="sift_keys"))
-    runner = get_runner(os.getenv("SIM", "verilator"))
-    # Amaranth's generated Verilog is not written to Verilator's lint rules (widths, incomplete cases).
-    runner.build(sources=[source], hdl_toplevel="sift_keys", build_dir=tmp_path / "sim_build",
-                 build_args=["-Wno-fatal", "-Wno-lint", "-Wno-style"],
-                 waves=bool(int(os.getenv("WAVES", "0"))))
-    runner.test(hdl_toplevel="sift_keys", test_module=Path(__file__).stem, build_dir=tmp_path / "sim_build",
-                test_dir=Path(__file__).parent, extra_env=env, results_xml=str(tmp_path / "results.xml"))
+    harness.run(tmp_path, SiftToKeyMemory(**parameters), toplevel="sift_keys", test_module=Path(__file__).stem,
+                env=env)
 
 
 if __name__ == "__main__":
-    import tempfile
-    from qkdlink import toolchain
-    toolchain.setup()
-    with tempfile.TemporaryDirectory() as directory:
-        test_sifter_keymemory_verilator(Path(directory))
+    harness.main(test_sifter_keymemory_verilator)

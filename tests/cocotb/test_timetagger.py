@@ -23,17 +23,14 @@ from qkdlink.gateware.queue import EventQueue
 from qkdlink.gateware.timetagger import TimeTagger, event_layout
 from qkdlink.sim.optics import Fibre, OpticalBench, Receiver, Source, slot_events
 from qkdlink.sim.timetagger import bench_samples, tag
+from tests.cocotb import harness
 
 
 CHANNELS = 5
 
 
 class Capture(wiring.Component):
-    """A ``TimeTagger`` feeding an ``EventQueue``, with the tagger's events also brought out.
-
-    The tagger's ``o_events`` is ``always_ready``: its ``ready`` is a constant, which cannot be a port of a
-    converted top, so the events come out as ``events_valid`` and ``events_payload``.
-    """
+    """A ``TimeTagger`` feeding an ``EventQueue``, with the tagger's events also brought out as ``o_events``."""
 
     def __init__(self, *, phases, depth):
         self._phases = phases
@@ -42,8 +39,7 @@ class Capture(wiring.Component):
         super().__init__({
             "i_samples":      In(CHANNELS * phases),
             "dead_cycles":    In(16),
-            "events_valid":   Out(1),
-            "events_payload": Out(layout),
+            "o_events":       Out(stream.Signature(layout, always_ready=True)),
             "o_queue":        Out(stream.Signature(layout)),
             "edges":          Out(32),
             "suppressed":     Out(32),
@@ -55,12 +51,11 @@ class Capture(wiring.Component):
         m.submodules.tagger = tagger = TimeTagger(channels=CHANNELS, phases=self._phases)
         m.submodules.queue = queue = EventQueue(event_layout(CHANNELS, self._phases), self._depth)
         wiring.connect(m, tagger.o_events, queue.i)
+        wiring.connect(m, tagger.o_events, wiring.flipped(self.o_events))
         wiring.connect(m, queue.o, wiring.flipped(self.o_queue))
         m.d.comb += [
             tagger.i_samples.eq(self.i_samples),
             tagger.dead_cycles.eq(self.dead_cycles),
-            self.events_valid.eq(tagger.o_events.valid),
-            self.events_payload.eq(tagger.o_events.payload),
             self.edges.eq(tagger.edges),
             self.suppressed.eq(tagger.suppressed),
             self.overflow.eq(queue.overflow),
@@ -117,8 +112,8 @@ class TB:
             taking = self.rng.random() < ready or now >= len(words) + TimeTagger.LATENCY
             self.dut.o_queue__ready.value = taking
             await ReadOnly()
-            if self.dut.events_valid.value:
-                self.events.append(int(self.dut.events_payload.value))
+            if self.dut.o_events__valid.value:
+                self.events.append(int(self.dut.o_events__payload.value))
                 self.arrivals.append(now)
             if taking and self.dut.o_queue__valid.value:
                 self.reads.append((now, int(self.dut.o_queue__payload.value)))
@@ -188,21 +183,10 @@ async def queue_drops_exactly(dut):
 
 
 def _run(tmp_path, *, phases, clock_ns, depth):
-    from amaranth.back import verilog
-    from cocotb_tools.runner import get_runner
-
     env = {"TIMETAGGER_PHASES": str(phases), "TIMETAGGER_CLOCK_NS": repr(clock_ns),
            "TIMETAGGER_DEPTH": str(depth)}
-    source = tmp_path / "capture.v"
-    source.write_text(verilog.convert(Capture(phases=phases, depth=depth), name="capture"))
-    runner = get_runner(os.getenv("SIM", "verilator"))
-    # Amaranth's generated Verilog is not written to Verilator's lint rules (widths, incomplete cases).
-    runner.build(sources=[source], hdl_toplevel="capture", build_dir=tmp_path / "sim_build",
-                 build_args=["-Wno-fatal", "-Wno-lint", "-Wno-style"],
-                 waves=bool(int(os.getenv("WAVES", "0"))))
-    runner.test(hdl_toplevel="capture", test_module=Path(__file__).stem, build_dir=tmp_path / "sim_build",
-                test_dir=Path(__file__).parent, extra_env=env,
-                results_xml=str(tmp_path / "results.xml"))
+    harness.run(tmp_path, Capture(phases=phases, depth=depth), toplevel="capture", test_module=Path(__file__).stem,
+                env=env)
 
 
 def test_timetagger_verilator_ice40(tmp_path):
@@ -216,8 +200,4 @@ def test_timetagger_verilator_ecp5(tmp_path):
 
 
 if __name__ == "__main__":
-    import tempfile
-    from qkdlink import toolchain
-    toolchain.setup()
-    with tempfile.TemporaryDirectory() as directory:
-        _run(Path(directory), phases=4, clock_ns=10.0, depth=16)
+    harness.main(lambda directory: _run(directory, phases=4, clock_ns=10.0, depth=16))

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
-from cocotb.triggers import ReadOnly, RisingEdge
 
 from qkdlink.gateware.toeplitz import ToeplitzHash
 from qkdlink.host.toeplitz import toeplitz_hash
 from qkdlink.sim.toeplitz import beats_to_bits, key_beats, passes, seed_beats
+from tests.cocotb import harness
 
 
 def _core():
@@ -40,57 +39,23 @@ class TB:
         self.hash_layout = self.core.signature.members["o_hash"].signature.members["payload"].shape
 
     async def start(self):
-        Clock(self.dut.clk, 10, unit="ns").start()
-        for name in ("i_block", "i_key", "i_seed"):
-            self.dut[f"{name}__valid"].value = 0
-        self.dut.o_hash__ready.value = 0
-        self.dut.rst.value = 1
-        for _ in range(2):
-            await RisingEdge(self.dut.clk)
-        self.dut.rst.value = 0
-
-    async def _idle(self):
-        while self.rng.random() < self.stall:
-            await RisingEdge(self.dut.clk)
-
-    async def put(self, name, payload):
-        """Offer one beat and wait (boundedly) for the transfer, as Amaranth's stream_put does."""
-        self.dut[f"{name}__payload"].value = payload
-        self.dut[f"{name}__valid"].value = 1
-        for _ in range(self.timeout):
-            await ReadOnly()                    # sample the settled cycle...
-            accepted = bool(self.dut[f"{name}__ready"].value)
-            await RisingEdge(self.dut.clk)      # ...the transfer happens on this edge
-            if accepted:
-                self.dut[f"{name}__valid"].value = 0
-                return
-        raise AssertionError(f"{name} did not accept a beat within {self.timeout} cycles")
+        await harness.start(self.dut, zero=("i_block__valid", "i_key__valid", "i_seed__valid", "o_hash__ready"))
 
     async def get(self):
         """Wait (boundedly) for one o_hash beat, take it and return it as a struct constant."""
-        await self._idle()
-        self.dut.o_hash__ready.value = 1
-        for _ in range(self.timeout):
-            await ReadOnly()
-            valid = bool(self.dut.o_hash__valid.value)
-            payload = int(self.dut.o_hash__payload.value)
-            await RisingEdge(self.dut.clk)
-            if valid:
-                self.dut.o_hash__ready.value = 0
-                return self.hash_layout.from_bits(payload)
-        raise AssertionError(f"no o_hash beat within {self.timeout} cycles")
+        await harness.idle(self.dut, self.rng, self.stall)
+        return self.hash_layout.from_bits(await harness.get(self.dut, "o_hash", timeout=self.timeout))
 
     async def put_all(self, name, payloads):
         for payload in payloads:
-            await self._idle()
-            await self.put(name, payload)
+            await harness.idle(self.dut, self.rng, self.stall)
+            await harness.put(self.dut, name, payload, timeout=self.timeout)
 
     async def run_blocks(self, blocks):
         """Send every block and check every hash against the host model; returns nothing, asserts."""
         width = self.core.width
         accumulator = self.core.accumulator
-        block_beats = [int(self.block_layout.const({"n": key.size, "m": m}).as_value().value)
-                       for key, _, m in blocks]
+        block_beats = [harness.pack(self.block_layout, {"n": key.size, "m": m}) for key, _, m in blocks]
         all_keys = [beat for key, _, m in blocks for _ in range(passes(m, accumulator))
                     for beat in key_beats(key, width)]
         all_seeds = [beat for key, seed, m in blocks
@@ -107,11 +72,8 @@ class TB:
                 f"block {index} (n={key.size}, m={m}): hash {bits} != model {expected}"
             assert [bool(beat.last) for beat in beats] == [False] * (len(beats) - 1) + [True], \
                 f"block {index}: wrong last flags"
-        # Nothing more may come out.
-        for _ in range(4 * accumulator // width + 32):
-            await ReadOnly()
-            assert not self.dut.o_hash__valid.value, "the core produced more hash beats than the blocks have"
-            await RisingEdge(self.dut.clk)
+        await harness.assert_no_beats(self.dut, ["o_hash"], cycles=4 * accumulator // width + 32,
+                                      message="the core produced more hash beats than the blocks have")
 
 
 def _random_block(rng, n, m):
@@ -144,21 +106,9 @@ async def random_blocks_match_model(dut):
 
 
 def _run(tmp_path, *, width, accumulator, max_n):
-    from amaranth.back import verilog
-    from cocotb_tools.runner import get_runner
-
     env = {"TOEPLITZ_WIDTH": str(width), "TOEPLITZ_ACCUMULATOR": str(accumulator), "TOEPLITZ_MAX_N": str(max_n)}
-    core = ToeplitzHash(width=width, accumulator=accumulator, max_n=max_n)
-    source = tmp_path / "toeplitz.v"
-    source.write_text(verilog.convert(core, name="toeplitz"))
-    runner = get_runner(os.getenv("SIM", "verilator"))
-    # Amaranth's generated Verilog is not written to Verilator's lint rules (widths, incomplete cases).
-    runner.build(sources=[source], hdl_toplevel="toeplitz", build_dir=tmp_path / "sim_build",
-                 build_args=["-Wno-fatal", "-Wno-lint", "-Wno-style"],
-                 waves=bool(int(os.getenv("WAVES", "0"))))
-    runner.test(hdl_toplevel="toeplitz", test_module=Path(__file__).stem, build_dir=tmp_path / "sim_build",
-                test_dir=Path(__file__).parent, extra_env=env,
-                results_xml=str(tmp_path / "results.xml"))
+    harness.run(tmp_path, ToeplitzHash(width=width, accumulator=accumulator, max_n=max_n), toplevel="toeplitz",
+                test_module=Path(__file__).stem, env=env)
 
 
 def test_toeplitz_verilator_serial(tmp_path):
@@ -172,8 +122,4 @@ def test_toeplitz_verilator_wide(tmp_path):
 
 
 if __name__ == "__main__":
-    import tempfile
-    from qkdlink import toolchain
-    toolchain.setup()
-    with tempfile.TemporaryDirectory() as directory:
-        _run(Path(directory), width=4, accumulator=16, max_n=64)
+    harness.main(lambda directory: _run(directory, width=4, accumulator=16, max_n=64))
