@@ -76,7 +76,7 @@ class ChoiceMemory(wiring.Component):
         self._frame_width = frame_width
         super().__init__({
             "i_choices":    In(stream.Signature(choice_layout(frame_bits, frame_width), always_ready=True)),
-            "o_frame_free": Out(1),
+            "o_frame_free": Out(1, init=1),
             "i_release":    In(stream.Signature(frame_width)),
             "i_lookup":     In(stream.Signature(data.StructLayout({
                 "frame": frame_width, "slot": frame_bits, "basis": 1}))),
@@ -124,7 +124,6 @@ class ChoiceMemory(wiring.Component):
         write_region = Signal(range(frames), init=frames - 1)
         tags = [Signal(self._frame_width, name=f"tag{region}") for region in range(frames)]
         held = Signal(frames)
-        m.d.comb += self.o_frame_free.eq(begun < frames)
 
         def rotate(one_hot):
             return Cat(one_hot[-1], one_hot[:-1])
@@ -183,7 +182,7 @@ class ChoiceMemory(wiring.Component):
         release_bytes   = [Signal(-(-self._frame_width // 8)) for _ in range(frames)]
         release_matches = Signal(frames)
         released        = Signal()              # the release checked in the previous cycle acts now
-        refused         = Signal()
+        checked         = Signal()              # a release was checked in the previous cycle
         m.d.comb += self.i_release.ready.eq(1)
         m.d.sync += [
             release_valid.eq(self.i_release.valid),
@@ -192,15 +191,30 @@ class ChoiceMemory(wiring.Component):
         m.d.comb += release_matches.eq(Cat(equal.all() for equal in release_bytes))
         head_then = Mux(released, rotate(head), head)
         held_then = held & ~Mux(released, head, 0)
+        held_next = held_then | Mux(finishes, write, 0)
+        m.d.sync += [held.eq(held_next), head.eq(head_then)]
+        # The check needs the head region, if held, as it is and as a release acting in the same cycle leaves
+        # it; both are kept in registers, a cycle ahead, so that `released` (which fans out widely) only picks
+        # one of two short checks.
+        oldest       = Signal(frames)           # held & head
+        oldest_moved = Signal(frames)           # held & ~head & rotate(head): the head region after a release
         m.d.sync += [
-            released.eq(release_valid & (release_matches & held_then & head_then).any()),
-            refused.eq(release_valid & ~(release_matches & held_then & head_then).any()),
+            oldest.eq(held_next & head_then),
+            oldest_moved.eq(held_next & ~head_then & rotate(head_then)),
         ]
-        m.d.sync += held.eq(held_then | Mux(finishes, write, 0))
-        m.d.sync += head.eq(head_then)
-        with m.If(refused):
+        names_head = Signal(frames)
+        m.d.comb += names_head.eq(release_matches & Mux(released, oldest_moved, oldest))
+        m.d.sync += [
+            released.eq(release_valid & names_head.any()),
+            checked.eq(release_valid),
+        ]
+        with m.If(checked & ~released):
             m.d.sync += self.bad_release.eq(self.bad_release + 1)
-        m.d.sync += begun.eq(begun + starts - released)
+        # `o_frame_free` is a register (the sequencer's decision to start a frame fans out widely), set from
+        # the count it follows.
+        begun_next = Signal.like(begun)
+        m.d.comb += begun_next.eq(begun + starts - released)
+        m.d.sync += [begun.eq(begun_next), self.o_frame_free.eq(begun_next < frames)]
 
         # Lookups: compared with every region's tag when accepted, matched against the held frames in the next
         # cycle (two short paths instead of one long one), then read when the memory is free (writes first) and
@@ -261,27 +275,28 @@ class ChoiceMemory(wiring.Component):
                 in_flight_basis.eq(pending_basis),
                 in_flight_nibble.eq(pending_slot[:2]),
             ]
-            with m.If(~found):
-                m.d.sync += self.bad_lookup.eq(self.bad_lookup + 1)
         m.d.sync += in_flight.eq(reading)
+        # Counted a cycle after the read, from registers: the counter's enable fans out widely.
+        with m.If(in_flight & ~in_flight_found):
+            m.d.sync += self.bad_lookup.eq(self.bad_lookup + 1)
         m.d.comb += [
             memory.addr.eq(Mux(write_pending, write_addr, read_addr)),
             memory.wdata.eq(write_data),
             memory.wmask.eq(Mux(write_pending, 0b1111, 0)),
         ]
 
-        # The word goes into a register as it is (the SPRAM's output is slow); the answer's payload picks the
-        # nibble out of that register.
+        # The word goes into a register as it is (the SPRAM's output is slow), or, for a lookup not found, a word
+        # of "not sent" choices; the answer's payload picks the nibble out of that register, one 4:1 multiplexer
+        # deep for the consumer.
+        not_sent    = Const({"basis": 0, "bit": 0, "intensity": NOT_SENT}, Choice).as_value()
         word        = Signal(16)
-        word_found  = Signal()
         word_basis  = Signal()
         word_nibble = Signal(2)
         stored = Signal(Choice)
         with m.If(in_flight):
             m.d.sync += [
                 self.o_lookup.valid.eq(1),
-                word.eq(memory.rdata),
-                word_found.eq(in_flight_found),
+                word.eq(Mux(in_flight_found, memory.rdata, Cat(not_sent, not_sent, not_sent, not_sent))),
                 word_basis.eq(in_flight_basis),
                 word_nibble.eq(in_flight_nibble),
             ]
@@ -290,8 +305,8 @@ class ChoiceMemory(wiring.Component):
         m.d.comb += [
             stored.eq(word.word_select(word_nibble, 4)),
             self.o_lookup.payload.basis.eq(word_basis),
-            self.o_lookup.payload.alice_basis.eq(word_found & stored.basis),
-            self.o_lookup.payload.bit.eq(word_found & stored.bit),
-            self.o_lookup.payload.intensity.eq(Mux(word_found, stored.intensity, NOT_SENT)),
+            self.o_lookup.payload.alice_basis.eq(stored.basis),
+            self.o_lookup.payload.bit.eq(stored.bit),
+            self.o_lookup.payload.intensity.eq(stored.intensity),
         ]
         return m

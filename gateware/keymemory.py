@@ -64,15 +64,20 @@ class KeyMemory(wiring.Component):
 
     Timing, with no stream stalled: one appended bit a cycle; a flip every four cycles; after a READ or HASH
     command is taken, seven cycles to the first beat, then one word a cycle on ``o_words`` or one beat a cycle on
-    ``o_key`` to the end, across words and passes. The handshakes are kept off long paths: ``i_bits.ready`` and
-    ``i_command.ready`` come from flip-flops, the outputs' ``valid`` and payload too, a consumer's ``ready`` drives
-    only the two-entry output register, and the memory's inputs are small multiplexers of registers.
+    ``o_key`` to the end, across words and passes. A bit taken is counted in ``count`` (and ``full``) in the next
+    cycle and written to memory two cycles after it is taken; a flip taken in the same cycle as a bit or in the
+    cycle after waits for that write, so it starts up to two cycles later. The handshakes are kept off long paths:
+    ``i_bits.ready`` and ``i_command.ready`` come from flip-flops, the outputs' ``valid`` and payload too, a
+    consumer's ``ready`` drives only the two-entry output register, a producer's ``valid`` only the enables of the
+    counters and of one register that holds the bit taken, and the memory's inputs are small multiplexers of
+    registers.
 
     Parameters
     ----------
     max_bits : int
-        Largest block, in bits. The memory holds ``ceil(max_bits / 16)`` words; on the iCE40 UP5K (SPRAM) that
-        must be a multiple of 16384 words, so ``max_bits`` a multiple of 2^18.
+        Largest block, in bits. The memory holds ``ceil(max_bits / 16)`` words; on the iCE40 UP5K these take
+        whole SPRAMs of 16384 words (2^18 bits), the last one partly used, at most four: ``max_bits`` up to 2^20,
+        shared with the other users of the SPRAMs (the choice memory).
     width : int
         Bits per ``o_key`` beat: the ``width`` of the :class:`~qkdlink.gateware.toeplitz.ToeplitzHash` it feeds.
         A power of two, at most 16.
@@ -151,30 +156,37 @@ class KeyMemory(wiring.Component):
         rdata = Signal(16)
         m.d.sync += rdata.eq(memory.rdata)
 
-        # The block. A bit is taken into `tail`, a copy of the block's last word, and the whole word is written to
-        # memory in the next cycle. Whole words keep the bits of the last word past the block zero, which the
-        # padding of READ and HASH relies on.
-        count     = self.count
-        empty     = Signal(init=1)                      # `count` is zero
-        last_bit  = Signal(range(self._max_bits))       # else `count - 1`, kept so that no command subtracts
-        tail      = Signal(16)
-        tail_addr = Signal(range(words))
-        writing   = Signal()                            # write `tail` at `tail_addr` in this cycle
-        append    = Signal()
-        offset    = count[:4]
+        # The block. A bit taken goes into a register first (`taken_bit`), from there in the next cycle into
+        # `tail`, a copy of the block's last word, and the whole word is written to memory in the cycle after that.
+        # So the producer's `valid` reaches only the enables of the counters and of that register, and nothing of
+        # the producer reaches `tail` or the memory. Whole words keep the bits of the last word past the block zero,
+        # which the padding of READ and HASH relies on.
+        count       = self.count
+        empty       = Signal(init=1)                    # `count` is zero
+        last_bit    = Signal(range(self._max_bits))     # else `count - 1`, kept so that no command subtracts
+        tail        = Signal(16)
+        tail_addr   = Signal(range(words))
+        append      = Signal()
+        taken       = Signal()                          # a bit was taken in the previous cycle: into `tail` now
+        taken_bit   = Signal()
+        writing     = Signal()                          # write `tail` at `tail_addr` in this cycle
+        offset      = last_bit[:4]                      # of the bit in `taken_bit`, while `taken`
         m.d.comb += [
             self.i_bits.ready.eq(idle & ~self.full),
             append.eq(self.i_bits.valid & self.i_bits.ready),
         ]
-        m.d.sync += writing.eq(append)
+        m.d.sync += [taken.eq(append), taken_bit.eq(self.i_bits.payload), writing.eq(taken)]
         with m.If(append):
             m.d.sync += [
-                tail.eq(Mux(offset == 0, 0, tail) | (self.i_bits.payload << offset)),
-                tail_addr.eq(count >> 4),
                 count.eq(count + 1),
                 last_bit.eq(count),
                 empty.eq(0),
                 self.full.eq(count == self._max_bits - 1),
+            ]
+        with m.If(taken):
+            m.d.sync += [
+                tail.eq(Mux(offset == 0, 0, tail) | (taken_bit << offset)),
+                tail_addr.eq(last_bit >> 4),
             ]
 
         # Flips.
@@ -239,7 +251,7 @@ class KeyMemory(wiring.Component):
             next_beat.data.eq(Mux(hashing, head.word_select(beat, W), head) if beats_per_word > 1 else head),
             next_beat.last.eq(beat_left.zero),
             next_beat.hash.eq(hashing),
-            send.eq(streaming & occupied[0] & ~spare_valid),
+            send.eq(occupied[0] & ~spare_valid),      # words are queued only while streaming
         ]
         with m.If(~out_valid | out_ready):
             with m.If(spare_valid):
@@ -249,10 +261,17 @@ class KeyMemory(wiring.Component):
         with m.Elif(send):
             m.d.sync += [spare.eq(next_beat), spare_valid.eq(1)]
 
+        # The head word leaves the queue with its last beat. Whether the next beat is that is kept in a register
+        # (`word_done`), so that `pop`, which enables every queue entry, is one LUT of registers.
+        word_done = Signal()
         if beats_per_word > 1:
-            m.d.comb += pop.eq(send & (beat_left.zero | ~hashing | (beat == beats_per_word - 1)))
+            m.d.comb += pop.eq(send & word_done)
             with m.If(send):
-                m.d.sync += beat.eq(Mux(pop, 0, beat + 1))
+                next_beat_last = Mux(beat_left.zero, last_beat.zero, beat_left.one)    # `beat_left.zero` after
+                m.d.sync += [
+                    beat.eq(Mux(pop, 0, beat + 1)),
+                    word_done.eq(next_beat_last | ~hashing | (~pop & (beat == beats_per_word - 2))),
+                ]
         else:
             m.d.comb += pop.eq(send)
         with m.If(send):
@@ -264,25 +283,28 @@ class KeyMemory(wiring.Component):
                 m.d.sync += beat_left.step()
 
         # The queue shifts towards its head; a word read two cycles ago lands in the first free entry after the
-        # shift: the last occupied one if the head leaves, else the first empty one.
+        # shift: the last occupied one if the head leaves, else the first empty one. `land` says where that is
+        # for each case (one-hot: entry i is the first empty one; bit 4, none is), kept in a register beside
+        # `occupied`, so that each entry's enable is one LUT of `pop` and registers.
         arriving = in_flight[1]
-        with m.If(arriving & ~pop):
-            m.d.sync += occupied.eq(Cat(1, occupied[:-1]))
-        with m.Elif(pop & ~arriving):
-            m.d.sync += occupied.eq(occupied >> 1)
+        occupied_next = Signal.like(occupied)
+        land          = Signal(5, init=1)
+        m.d.comb += occupied_next.eq(Mux(arriving & ~pop, Cat(1, occupied[:-1]),
+                                         Mux(pop & ~arriving, occupied >> 1, occupied)))
+        m.d.sync += [
+            occupied.eq(occupied_next),
+            land.eq(Cat(1, occupied_next) & ~Cat(occupied_next, 0)),
+        ]
         for index, entry in enumerate(queue):
-            above = occupied[index + 1] if index + 1 < len(queue) else C(0)
-            below = occupied[index - 1] if index > 0 else C(1)
-            last_occupied = occupied[index] & ~above
-            first_empty = ~occupied[index] & below
-            with m.If(arriving & Mux(pop, last_occupied, first_empty)):
+            with m.If(arriving & Mux(pop, land[index + 1], land[index])):
                 m.d.sync += entry.eq(rdata)
             if index + 1 < len(queue):
                 with m.Elif(pop):
                     m.d.sync += entry.eq(queue[index + 1])
 
-        # The memory: a bit taken in the previous cycle is written now (while a command taken with it is decided
-        # on, or a flip taken with it waits); otherwise a stream or a flip reads, or a flip writes back.
+        # The memory: a bit taken two cycles ago is written now (while a command taken with it is decided on and
+        # before any stream reads, or while a flip taken with it waits); otherwise a stream or a flip reads, or a
+        # flip writes back.
         m.d.comb += [
             memory.addr.eq(Mux(writing, tail_addr, Mux(streaming, address, flip_word))),
             memory.wdata.eq(Mux(flip_write, rdata ^ flip_mask, tail)),
@@ -340,11 +362,12 @@ class KeyMemory(wiring.Component):
                 beat_left.load(last_beat.value),
                 send_passes.load(passes),
                 beat.eq(0),
+                word_done.eq((last_beat.value == 0) | ~hashing),
             ]
 
-        # A flip reads its word (after the write of a bit taken with it), checks its index meanwhile (a long carry
-        # chain, so its result is used a cycle later), and writes the word back changed.
-        with m.If(flip_read & ~writing):
+        # A flip reads its word (after the write of a bit taken with it or in the cycle before), checks its index
+        # meanwhile (a long carry chain, so its result is used a cycle later), and writes the word back changed.
+        with m.If(flip_read & ~taken & ~writing):
             m.d.sync += [
                 flip_read.eq(0),
                 flip_wait.eq(1),

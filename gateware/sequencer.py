@@ -138,7 +138,11 @@ class SlotSequencer(wiring.Component):
         slot_end  = Signal()                 # remaining == 0
         slot      = Signal(self._frame_bits)
         last      = Signal()                 # the current slot is the frame's last
-        frame     = Signal(self._frame_width, init=(1 << self._frame_width) - 1)
+        frame     = Signal(self._frame_width)
+        # The next frame's number, counted ahead so that `frame` starts at 0 from a reset value of 0: on the
+        # iCE40 a register reset to ones is kept inverted, which puts a LUT and a long route in front of the
+        # counter's carry chain.
+        following = Signal(self._frame_width)
         # What this cycle may start, kept in registers so that the decision (whose result fans out to most
         # registers here) is one LUT deep at 48 MHz on the UP5K: the frame's next slot, or a new frame.
         slot_due  = Signal()                 # running & slot_end & ~last
@@ -185,7 +189,7 @@ class SlotSequencer(wiring.Component):
                 self.o_choices.valid.eq(1),
             ]
             with m.If(new_frame):
-                m.d.sync += [frame.eq(frame + 1), slot.eq(0)]
+                m.d.sync += [frame.eq(following), following.eq(following + 1), slot.eq(0)]
             with m.Else():
                 m.d.sync += slot.eq(slot + 1)
             with m.If(~sent):

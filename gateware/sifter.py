@@ -42,12 +42,16 @@ class ErrorSample(data.Struct):
 class Sifter(wiring.Component):
     """Split detections into the match announcement, the raw key (Z basis) and the test bits (X basis).
 
-    A detection matches when ``basis == alice_basis`` and ``intensity != 3``. Every stream has back-pressure. The
-    core holds one detection at a time, offering its beat on each output it goes to (valid from flip-flops), and
-    moves on to the next once every one of those outputs has taken its beat; so a stalled output stalls the others
-    from the next detection on. With no output stalled the core takes one detection a cycle, and its beats are
-    offered in the cycle after it is taken. While the core is stalled it takes one more detection into a register
-    and then no other until it moves on; ``i_detections.ready`` comes straight from a flip-flop.
+    A detection matches when ``basis == alice_basis`` and ``intensity != 3``. Every stream has back-pressure.
+    With no output stalled the core takes one detection a cycle, and its beats are offered two cycles after it is
+    taken. Each output holds up to two beats (the one it offers and one more); the core takes a detection into a
+    register and passes it on to the outputs once every output has room for a second beat. So a stalled output
+    stalls the others once it holds two beats; the core then takes two more detections into registers and no
+    other until the stalled output takes a beat.
+
+    The handshakes are kept off long paths: ``i_detections.ready`` and each output's ``valid`` and payload come
+    straight from flip-flops, a consumer's ``ready`` drives only that output's two entries, and the producer's
+    ``valid`` and payload go into registers through one multiplexer.
 
     Members
     -------
@@ -69,64 +73,54 @@ class Sifter(wiring.Component):
     def elaborate(self, platform):
         m = Module()
 
-        # A skid register in front, so that `i_detections.ready` comes straight from a flip-flop and the outputs'
-        # `ready` does not reach the detection source's logic in the same cycle. It fills only while the stage is
-        # stalled.
+        # A detection is taken into a register (`held`) as it is and classified on its way from there into the
+        # outputs' buffers, so that the producer's payload goes through one multiplexer of the core (a producer
+        # may compute its payload combinationally, as the choice memory does). A skid register in front of `held`
+        # takes a detection while `held` cannot move on, so that `i_detections.ready` comes straight from a
+        # flip-flop.
         skid       = Signal(Detection)
         skid_valid = Signal()
-        source     = Signal(Detection)
+        held       = Signal(Detection)
+        held_valid = Signal()
+        m.d.comb += self.i_detections.ready.eq(~skid_valid)
+
+        # Each output has a buffer of two entries: the beat it offers, and a spare that fills while its consumer
+        # stalls, so that the consumer's `ready` drives only that buffer. The held detection moves on once every
+        # output has a free spare (whether or not it goes to that output), which depends on registers alone.
+        def output(port, beat, push):
+            spare       = Signal(port.payload.shape())
+            spare_valid = Signal()
+            with m.If(~port.valid | port.ready):
+                with m.If(spare_valid):
+                    m.d.sync += [port.payload.eq(spare), spare_valid.eq(0)]
+                with m.Else():
+                    m.d.sync += [port.payload.eq(beat), port.valid.eq(push)]
+            with m.Elif(push):
+                m.d.sync += [spare.eq(beat), spare_valid.eq(1)]
+            return ~spare_valid
+
+        match  = Signal()
+        room   = Signal(3)
+        take   = Signal()                               # the held detection goes to the outputs
+        refill = Signal()                               # `held` takes the next detection, if there is one
         m.d.comb += [
-            self.i_detections.ready.eq(~skid_valid),
-            source.eq(Mux(skid_valid, skid, self.i_detections.p)),
+            match.eq((held.basis == held.alice_basis) & (held.intensity != NOT_SENT)),
+            take.eq(held_valid & room.all()),
+            refill.eq(~held_valid | room.all()),
+            room[0].eq(output(self.o_match, Cat(match, held.intensity), take)),
+            room[1].eq(output(self.o_key, held.bit, take & match & (held.basis == Z))),
+            room[2].eq(output(self.o_test, Cat(held.bit, held.intensity), take & match & (held.basis == X))),
         ]
 
-        # The stage: one detection, classified, offered on each output it goes to until that output takes it.
-        valid     = Signal()
-        bit       = Signal()
-        intensity = Signal(2)
-        match     = Signal()
-        to_key    = Signal()
-        to_test   = Signal()
-        taken     = Signal(3)                           # o_match, o_key, o_test have taken this detection's beat
-        m.d.comb += [
-            self.o_match.valid.eq(valid & ~taken[0]),
-            self.o_match.p.match.eq(match),
-            self.o_match.p.intensity.eq(intensity),
-            self.o_key.valid.eq(valid & to_key & ~taken[1]),
-            self.o_key.payload.eq(bit),
-            self.o_test.valid.eq(valid & to_test & ~taken[2]),
-            self.o_test.p.bit.eq(bit),
-            self.o_test.p.intensity.eq(intensity),
-        ]
-
-        sent = Cat(self.o_match.valid & self.o_match.ready,
-                   self.o_key.valid & self.o_key.ready,
-                   self.o_test.valid & self.o_test.ready)
-        advance = Signal()                              # the stage is done with its detection after this cycle
-        load    = Signal()
-        m.d.comb += [
-            advance.eq(valid & (taken[0] | self.o_match.ready) &
-                       (~to_key | taken[1] | self.o_key.ready) & (~to_test | taken[2] | self.o_test.ready)),
-            load.eq(~valid | advance),
-        ]
-        with m.If(load):
-            source_match = (source.basis == source.alice_basis) & (source.intensity != NOT_SENT)
+        with m.If(refill):
             m.d.sync += [
-                valid.eq(skid_valid | self.i_detections.valid),
-                bit.eq(source.bit),
-                intensity.eq(source.intensity),
-                match.eq(source_match),
-                to_key.eq(source_match & (source.basis == Z)),
-                to_test.eq(source_match & (source.basis == X)),
-                taken.eq(0),
+                held.eq(Mux(skid_valid, skid, self.i_detections.p)),
+                held_valid.eq(skid_valid | self.i_detections.valid),
             ]
-        with m.Else():
-            m.d.sync += taken.eq(taken | sent)
-
         with m.If(skid_valid):
-            with m.If(load):
+            with m.If(refill):
                 m.d.sync += skid_valid.eq(0)
-        with m.Elif(self.i_detections.valid & ~load):
+        with m.Elif(self.i_detections.valid & ~refill):
             m.d.sync += [skid.eq(self.i_detections.p), skid_valid.eq(1)]
 
         return m

@@ -93,7 +93,7 @@ class SifterTestCase(unittest.TestCase):
                 self.run_sifter(columns, seed=int(stall * 10), stall=stall)
 
     def test_full_rate(self):
-        # One detection a cycle, each output one cycle behind its detection, while every output is ready.
+        # One detection a cycle, each output two cycles behind its detection, while every output is ready.
         rng = np.random.default_rng(3)
         columns = [rng.integers(0, high, 100, dtype=np.uint8) for high in (2, 2, 2, 4)]
         detections = [dict(zip(_FIELDS, (int(value) for value in row))) for row in zip(*columns)]
@@ -105,7 +105,7 @@ class SifterTestCase(unittest.TestCase):
                 ctx.set(stream.ready, 1)
             ctx.set(dut.i_detections.valid, 1)
             keys, tests, match_cycles = [], [], []
-            for cycle, detection in enumerate(detections + [None]):
+            for cycle, detection in enumerate(detections + [None, None]):
                 if detection is not None:
                     ctx.set(dut.i_detections.payload, detection)
                 else:
@@ -121,42 +121,50 @@ class SifterTestCase(unittest.TestCase):
                     keys.append(key_bit)
                 if test:
                     tests.append(test_payload.bit)
-            self.assertEqual(match_cycles, list(range(1, len(detections) + 1)))
+            self.assertEqual(match_cycles, list(range(2, len(detections) + 2)))
             self.assertEqual(keys, list(sifted.key))
             self.assertEqual(tests, list(sifted.test))
 
         _simulate(self, dut, [bench])
 
     def test_stalled_output(self):
-        # With o_key stalled, a Z-basis match sits in o_key; the next detection is taken and waits in the core
-        # (no beat of it comes out), and the one after it is refused. Once the key bit leaves, both follow in order.
+        # With o_key stalled: a Z-basis match waits in o_key, the X-basis match after it still comes out on
+        # o_test, the next Z-basis match waits as o_key's second beat, the two detections after that are taken
+        # but wait in the core (no beat of them comes out), and the one after them is refused. Once o_key takes
+        # its beats, the rest follow in order.
         dut = Sifter()
         detections = [{"basis": Z, "bit": 1, "alice_basis": Z, "intensity": 0},
                       {"basis": X, "bit": 1, "alice_basis": X, "intensity": 1},
-                      {"basis": Z, "bit": 0, "alice_basis": Z, "intensity": 2}]
-        matches_seen = []
+                      {"basis": Z, "bit": 0, "alice_basis": Z, "intensity": 2},
+                      {"basis": X, "bit": 1, "alice_basis": Z, "intensity": 0},
+                      {"basis": X, "bit": 0, "alice_basis": X, "intensity": NOT_SENT},
+                      {"basis": X, "bit": 0, "alice_basis": X, "intensity": 2}]
+        seen = {"match": [], "test": []}
 
         async def bench(ctx):
-            await stream_put(ctx, dut.i_detections, detections[0], timeout=1)
-            await stream_put(ctx, dut.i_detections, detections[1], timeout=1)
-            ctx.set(dut.i_detections.payload, detections[2])
+            for detection in detections[:5]:
+                await stream_put(ctx, dut.i_detections, detection, timeout=1)
+            ctx.set(dut.i_detections.payload, detections[5])
             ctx.set(dut.i_detections.valid, 1)
             for _ in range(10):
-                _, _, ready, test = await ctx.tick().sample(dut.i_detections.ready, dut.o_test.valid)
-                self.assertEqual((ready, test), (0, 0))
-            self.assertEqual(len(matches_seen), 1)
+                _, _, ready = await ctx.tick().sample(dut.i_detections.ready)
+                self.assertEqual(ready, 0)
+            self.assertEqual(seen, {"match": [(1, 0), (1, 1), (1, 2)], "test": [(1, 1)]})
             self.assertEqual(await stream_get(ctx, dut.o_key, timeout=1), 1)
-            await stream_put(ctx, dut.i_detections, detections[2], timeout=2)
-            self.assertEqual((await stream_get(ctx, dut.o_test, timeout=1)).intensity, 1)
-            self.assertEqual(await stream_get(ctx, dut.o_key, timeout=2), 0)
-            await ctx.tick().repeat(3)
-            self.assertEqual(matches_seen, [(1, 0), (1, 1), (1, 2)])
+            await stream_put(ctx, dut.i_detections, detections[5], timeout=2)
+            self.assertEqual(await stream_get(ctx, dut.o_key, timeout=1), 0)
+            await ctx.tick().repeat(4)
+            self.assertEqual(seen, {"match": [(1, 0), (1, 1), (1, 2), (0, 0), (0, NOT_SENT), (1, 2)],
+                                    "test": [(1, 1), (0, 2)]})
 
-        async def collect_matches(ctx):
-            ctx.set(dut.o_match.ready, 1)
-            for _ in range(40):
-                _, _, valid, payload = await ctx.tick().sample(dut.o_match.valid, dut.o_match.payload)
-                if valid:
-                    matches_seen.append((payload.match, payload.intensity))
+        def collect(name, stream, unpack):
+            async def collector(ctx):
+                ctx.set(stream.ready, 1)
+                for _ in range(40):
+                    _, _, valid, payload = await ctx.tick().sample(stream.valid, stream.payload)
+                    if valid:
+                        seen[name].append(unpack(payload))
+            return collector
 
-        _simulate(self, dut, [bench, collect_matches])
+        _simulate(self, dut, [bench, collect("match", dut.o_match, lambda p: (p.match, p.intensity)),
+                              collect("test", dut.o_test, lambda p: (p.bit, p.intensity))])
