@@ -2,7 +2,7 @@
 
 from amaranth import *
 from amaranth.lib import stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 
@@ -14,23 +14,27 @@ class EventQueue(wiring.Component):
     back-pressure.
 
     A beat that arrives while the queue holds ``depth`` beats is dropped and counted (even if one leaves in the same
-    cycle); every other beat gets through, and they come out in order. Memory holds ``depth - 1`` beats and an
-    output register the oldest (``SyncFIFOBuffered``).
+    cycle); every other beat gets through, and they come out in order.
+
+    The beats go through a memory of ``depth`` beats (block RAM), its read register and an output register, so
+    that the consumer's logic starts from flip-flops and not from the block RAM's read data; a count of the beats
+    held in all three keeps the capacity at exactly ``depth``. ``o.ready`` reaches the memory's read enable
+    through one gate, and every other decision is made from registers.
 
     Parameters
     ----------
     shape : shape-castable
         The payload of both streams (for instance :func:`qkdlink.gateware.timetagger.event_layout`).
     depth : int
-        Beats the queue holds, >= 3. (``SyncFIFOBuffered`` of depth 2 refuses a beat while it moves the one before
-        to its output register, though it holds only one: it drops beats when it is not full.)
+        Beats the queue holds, >= 3.
 
     Members
     -------
     i : In(stream.Signature(shape, always_ready=True))
         Beats to queue; taken in every cycle ``valid`` is high, whether there is room or not.
     o : Out(stream.Signature(shape))
-        The queued beats, oldest first; a beat taken at ``i`` may appear here two cycles later at the earliest.
+        The queued beats, oldest first, from a register; a beat taken at ``i`` may appear here three cycles later
+        at the earliest. ``ready`` may be low at any time: no beat is lost or repeated.
     overflow : Out(32)
         Beats dropped since reset because the queue was full (wraps at 2**32); counts a beat from the cycle after
         it arrived.
@@ -57,14 +61,58 @@ class EventQueue(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.fifo = fifo = SyncFIFOBuffered(width=Shape.cast(self._shape).width, depth=self._depth)
-        m.d.comb += [
-            fifo.w_data.eq(self.i.payload),
-            fifo.w_en.eq(self.i.valid),
-            self.o.payload.eq(fifo.r_data),
-            self.o.valid.eq(fifo.r_rdy),
-            fifo.r_en.eq(self.o.ready),
-        ]
-        with m.If(self.i.valid & ~fifo.w_rdy):
+        depth = self._depth
+
+        # Beats held, in the memory, its read register and the output register. `full` is held == depth, kept in a
+        # register so that the write enable is short.
+        held = Signal(range(depth + 1))
+        full = Signal()
+        take = self.i.valid & ~full
+        give = self.o.valid & self.o.ready
+        with m.If(take & ~give):
+            m.d.sync += held.eq(held + 1)
+        with m.Elif(give & ~take):
+            m.d.sync += held.eq(held - 1)
+        m.d.sync += full.eq(~give & (full | (take & (held == depth - 1))))
+        with m.If(self.i.valid & full):
             m.d.sync += self.overflow.eq(self.overflow + 1)
+
+        # The memory never holds more than `held` beats, so it has room for every beat taken.
+        m.submodules.storage = storage = Memory(shape=Shape.cast(self._shape).width, depth=depth, init=[])
+        w_port = storage.write_port()
+        r_port = storage.read_port()
+        produce = Signal(range(depth))
+        consume = Signal(range(depth))
+        stored = Signal(range(depth + 1))       # beats in the memory
+        nonempty = Signal()                     # stored != 0
+        loaded = Signal()                       # r_port.data holds a beat, not yet in the output register
+        advance = ~self.o.valid | self.o.ready  # the output register takes a beat, if there is one
+        read = nonempty & (~loaded | advance)
+        m.d.comb += [
+            w_port.addr.eq(produce),
+            w_port.data.eq(self.i.payload),
+            w_port.en.eq(take),
+            r_port.addr.eq(consume),
+            r_port.en.eq(read),
+        ]
+        with m.If(take):
+            m.d.sync += produce.eq(Mux(produce == depth - 1, 0, produce + 1))
+        with m.If(read):
+            m.d.sync += consume.eq(Mux(consume == depth - 1, 0, consume + 1))
+        with m.If(take & ~read):
+            m.d.sync += [stored.eq(stored + 1), nonempty.eq(1)]
+        with m.Elif(read & ~take):
+            m.d.sync += [stored.eq(stored - 1), nonempty.eq(stored != 1)]
+
+        with m.If(read):
+            m.d.sync += loaded.eq(1)
+        with m.Elif(advance):
+            m.d.sync += loaded.eq(0)
+        # The payload register has no reset, which would have to be merged into its enable.
+        payload = Signal(Shape.cast(self._shape).width, reset_less=True)
+        m.d.comb += self.o.payload.eq(payload)
+        with m.If(advance):
+            m.d.sync += self.o.valid.eq(loaded)
+            with m.If(loaded):
+                m.d.sync += payload.eq(r_port.data)
         return m

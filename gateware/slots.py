@@ -17,9 +17,11 @@ edges are seen two cycles before the tracker processes the same cycle, so a fram
 of its sync; one pending frame start waits for its switch cycle. The open slot's pattern is held until the tracker
 leaves the slot, which happens at most once a cycle, so at most one detection comes out a cycle.
 
-Timing: only the tracker loop (one subtraction of the full 16 + F bit width and a multiplexer) is not pipelined.
-The edges of a cycle share the fraction of ``r``, so each edge's arithmetic works on whole bins (17 bits) with one
-borrow from the fractions computed once a cycle; everything else is cut into pipeline stages (``LATENCY``).
+Timing: apart from the 32-bit counters and the F-bit fraction of the tracker, no carry runs through more than
+18 bits in a cycle. The tracker loop keeps its phase in parts (whole bins as a count of cycles to the slot's end,
+fractions a slot end ahead); the edges of a cycle share the fraction of ``r``, so each edge's arithmetic works on
+whole bins (17 bits) with one borrow from the fractions computed once a cycle; values derived from the settings
+are computed over several register stages; everything else is cut into pipeline stages (``LATENCY``).
 """
 
 from amaranth import *
@@ -49,6 +51,29 @@ def squashed_layout(*, frame_width, frame_bits):
         "basis": unsigned(1),
         "bit":   unsigned(1),
     })
+
+
+def _sum_in_two_stages(m, a, b, width):
+    """``(a + b) mod 2**width``, registered in two stages (the low half and its carry, then the high half), so that
+    no carry runs through more than half the width: for values derived from the settings, which have time."""
+    def operand(value):
+        if isinstance(value, int):
+            return Const(value % (1 << width), width)
+        value = Value.cast(value).as_unsigned()
+        return Cat(value, Const(0, max(0, width - len(value))))[:width]
+    a, b = operand(a), operand(b)
+    half = width // 2
+    low = Signal(half + 1)
+    high_a = Signal(width - half)
+    high_b = Signal(width - half)
+    total = Signal(width)
+    m.d.sync += [
+        low.eq(a[:half] + b[:half]),
+        high_a.eq(a[half:]),
+        high_b.eq(b[half:]),
+        total.eq(Cat(low[:half], high_a + high_b + low[half])),
+    ]
+    return total
 
 
 def _check_positive(value, name):
@@ -102,7 +127,7 @@ class SlotAssigner(wiring.Component):
 
     #: Clock cycles from an event on ``i_events`` to its effect on ``gated`` and ``outside`` and, if the slot it
     #: falls in ends in the same cycle, its detection on ``o_detections`` (``frames`` and ``overrun`` count sooner).
-    LATENCY = 8
+    LATENCY = 9
     #: Clock cycles from a change of a setting to its use.
     SETTINGS_LATENCY = 2
 
@@ -159,23 +184,56 @@ class SlotAssigner(wiring.Component):
         D, P, F, K = self._detectors, self._phases, self._fraction_bits, self._frame_bits
         L = (P - 1).bit_length()                # log2(P): bits of a fine time
         W = 16 + F                              # width of the period and of the tracker's phase
-        step = P << F                           # one clock cycle, in fixed point
 
-        # Settings, registered (SETTINGS_LATENCY): the subtractions are precomputed once, off the datapath.
+        # Settings, registered (SETTINGS_LATENCY): the subtractions are precomputed once, off the datapath, and
+        # the datapath's subtrahends are kept negated (modulo a power of two), so that its comparisons and
+        # subtractions are additions of two registers, with no inverter in front of the carry chain. An event
+        # presented SETTINGS_LATENCY cycles after a change reaches the sync stage a cycle later, so the values the
+        # sync stage uses may take SETTINGS_LATENCY + 1 register stages; the tracker's are used later still.
         period     = Signal(W)
-        short      = Signal(W)                  # period - one cycle: r >= short <=> the slot ends in this cycle
-        gate_start = Signal(16)
-        gate_end   = Signal(17)
-        delay      = Signal(33)                 # delay + P - 1: see the switch cycle below
+        period_neg = Signal(18)                 # -(the period's whole bins), and -(them + 1), modulo 2**18
+        period_not = Signal(18)
+        short_bins = Signal(16)                 # whole bins of short = period - one cycle (its fraction: period's)
+        gate_start_neg = Signal(17)             # 2**16 - gate_start
+        gate_width_neg = Signal(17)             # 2**16 - gate_width
         no_delay   = Signal()
         m.d.sync += [
             period.eq(self.period),
-            short.eq(self.period - step),
-            gate_start.eq(self.gate_start),
-            gate_end.eq(self.gate_start + self.gate_width),
-            delay.eq(self.delay + (P - 1)),
+            period_neg.eq(-self.period[F:]),
+            period_not.eq(-1 - self.period[F:]),
+            short_bins.eq(self.period[F:] - P),
+            gate_start_neg.eq((1 << 16) - self.gate_start),
+            gate_width_neg.eq((1 << 16) - self.gate_width),
             no_delay.eq(self.delay == 0),
         ]
+        gate_end_neg = Signal(18)               # 2**17 - (gate_start + gate_width)
+        m.d.sync += gate_end_neg.eq(gate_start_neg + gate_width_neg)
+        # (delay - 1) mod P and (delay - 1) >> L, and (delay - 1 + P) >> L (modulo 2**(33 - L)): the sync stage's
+        # sum, with the high bits for either carry from its low L bits.
+        delay_less = _sum_in_two_stages(m, self.delay, -1, 33)
+        delay_low, delay_high = delay_less[:L], delay_less[L:]
+        delay_next = _sum_in_two_stages(m, self.delay, P - 1, 33)[L:]
+        # Whether the low 16 and the other bits of each are 0, a stage later (see the pending start's wait).
+        delay_zero = Signal(4)
+        m.d.sync += delay_zero.eq(Cat(delay_high[:16] == 0, delay_high[16:] == 0,
+                                      delay_next[:16] == 0, delay_next[16:] == 0))
+
+        # The tracker's constants (see the tracker), from the registered settings in up to two more stages. The
+        # tracker first uses them in a switch cycle, at least SETTINGS_LATENCY + 3 cycles after a setting changed:
+        # they have settled by then.
+        fraction     = period[:F]
+        short_low    = short_bins[:L]           # short's whole bins, mod P
+        nonzero      = Signal()                 # the period has a fraction
+        start_borrow = Signal()                 # start_frac < the period's fraction: the fraction > 2**F / 2
+        wait_short   = Signal(signed(17 - L))   # -(short's whole bins >> L): see `wait` in the tracker
+        wait_long    = Signal(signed(17 - L))   # wait_short - 1
+        m.d.sync += [
+            nonzero.eq(fraction != 0),
+            start_borrow.eq(fraction[F - 1:].any() & fraction[:max(F - 1, 0)].any()),
+            wait_short.eq(-short_bins[L:]),
+            wait_long.eq(-1 - short_bins[L:]),
+        ]
+        start_frac = _sum_in_two_stages(m, ~fraction, 1, F)    # (-period) mod 2**F: d's fraction at a frame start
 
         # Stage 1: the events, registered.
         hits1 = Signal(D + 1)
@@ -189,23 +247,33 @@ class SlotAssigner(wiring.Component):
         # whose switch cycle (the one holding B0 - 1) is n + ahead - 1 with ahead = (f + delay + P - 1) >> L, and
         # the frame's first bin in that cycle is f0 = ((f + delay + P - 1) mod P) + 1, in 1..P. `now2` is
         # ahead == 0 (the switch cycle is the one before the sync's), which happens only for f = 0 and no delay.
+        # Otherwise sum2 = f + delay - 1 >= 0 gives ahead - 1 = sum2 >> L and f0 = (sum2 mod P) + 1; the carry from
+        # the low L bits picks the high bits from the settings, so that no carry runs through the whole sum.
         sync2 = Signal()
-        sum2  = Signal(34)
+        sum2  = Signal(33)
+        zero2 = Signal(2)                       # sum2 >> L == 0: its low 16 bits, its other bits
         now2  = Signal()
+        low   = delay_low + fine1[D]
         m.d.sync += [
             sync2.eq(hits1[D]),
-            sum2.eq(fine1[D] + delay),
+            sum2.eq(Cat(low[:L], Mux(low[L], delay_next, delay_high))),
+            zero2.eq(Mux(low[L], delay_zero[2:], delay_zero[:2])),
             now2.eq((fine1[D] == 0) & no_delay),
         ]
-        ahead = sum2[L:]
+        ahead_less = sum2[L:]                   # ahead - 1
 
         # The tracker processes cycle n - 2 while the sync stage sees cycle n, so a frame loads into the tracker
         # at the end of the sync stage's cycle switch + 1, and a sync that comes while a start is pending (up to
-        # and including that cycle) overruns it. `pending_wait` counts down to the load: switch + 1 - (this cycle);
-        # `pending_due` is pending_wait == 0, kept in a register so that the load decision is short.
+        # and including that cycle) overruns it. The pending start's wait counts down to the load: switch + 1 -
+        # (this cycle), in two halves so that no carry runs through all of it (the high half counts when the low
+        # one passes 0); each half's == 0, and `pending_due` (the wait is 0), are kept in registers so that the
+        # load decision is short.
         count         = Signal(max(32, self._frame_width))     # syncs seen; the next frame's number
         pending       = Signal()
-        pending_wait  = Signal(len(ahead))
+        wait_lo       = Signal(16)
+        wait_hi       = Signal(len(ahead_less) - 16)
+        wait_lo_zero  = Signal()
+        wait_hi_zero  = Signal()
         pending_due   = Signal()
         pending_first = Signal(L + 1)
         pending_frame = Signal(self._frame_width)
@@ -228,8 +296,11 @@ class SlotAssigner(wiring.Component):
             with m.Else():
                 m.d.sync += [
                     pending.eq(1),
-                    pending_wait.eq(ahead - 1),
-                    pending_due.eq(ahead == 1),
+                    wait_lo.eq(ahead_less[:16]),
+                    wait_hi.eq(ahead_less[16:]),
+                    wait_lo_zero.eq(zero2[0]),
+                    wait_hi_zero.eq(zero2[1]),
+                    pending_due.eq(zero2.all()),
                     pending_first.eq(sum2[:L] + 1),
                     pending_frame.eq(count),
                 ]
@@ -243,8 +314,11 @@ class SlotAssigner(wiring.Component):
                 m.d.sync += pending.eq(0)
             with m.Else():
                 m.d.sync += [
-                    pending_wait.eq(pending_wait - 1),
-                    pending_due.eq(pending_wait == 1),
+                    wait_lo.eq(wait_lo - 1),
+                    wait_hi.eq(wait_hi - wait_lo_zero),
+                    wait_lo_zero.eq(wait_lo == 1),
+                    wait_hi_zero.eq(Mux(wait_lo_zero, wait_hi == 1, wait_hi_zero)),
+                    pending_due.eq((wait_lo == 1) & wait_hi_zero),
                 ]
 
         # The detector events pass the sync stage and wait two cycles more, to meet the tracker state of their cycle.
@@ -255,36 +329,73 @@ class SlotAssigner(wiring.Component):
             hits_d, fine_d = hits_next, fine_next
         fine_d = [fine_d[c * L:(c + 1) * L] for c in range(D)]
 
-        # The tracker (stage T): the current frame's phase and slot at the first bin of this cycle. In the switch
-        # cycle of a new frame, `first` is that frame's first bin in the cycle; the tracker continues the old frame
-        # through the cycle and takes up the new one at its end, at phase (P - first) bins, slot 0.
-        r         = Signal(W)
+        # The tracker (stage T): the current frame's phase r and slot s at the first bin of this cycle. In the
+        # switch cycle of a new frame, `first` is that frame's first bin in the cycle; the tracker continues the old
+        # frame through the cycle and takes up the new one at its end, at phase (P - first) bins, slot 0.
+        #
+        # The slot ends in this cycle iff d = r - short >= 0; then r becomes d, else r + one cycle. No carry may
+        # run through all 16 + F bits in a cycle, so the tracker holds r and d in parts:
+        # - d's whole bins, d >> F = wait * P + d_low with 0 <= d_low < P: `wait` counts the cycles up to the
+        #   slot's end, from a negative number up to 0, so `ends` is its sign bit. When a slot ends (wait = 0) or a
+        #   frame starts, the whole bins become v - short_bins, with v = d_low - d_borrow or P - first - nonzero
+        #   (in [-1, P)); as short_bins = -wait_short * P + short_low, `wait` loads wait_short, or wait_long if
+        #   v < short_low, and d_low becomes (v - short_low) mod P: no carry beyond L bits;
+        # - d's fraction, which changes only when a slot ends (by -period mod 2**F), ahead of time: `d_borrow`, d's
+        #   fraction < the period's (the borrow into d's whole bins at the next slot end), and `d_frac`, d's
+        #   fraction after that slot end;
+        # - for the edges' arithmetic, r's whole bins as (r_high, r_low), r_high counting the cycles since the
+        #   slot began, and `r_borrow`, r's fraction < the period's.
         s         = Signal(K + 1)               # saturates at 2**K: beyond the frame
+        wait      = Signal(signed(17 - L))
+        d_low     = Signal(L)
+        d_borrow  = Signal()
+        d_frac    = Signal(F)
+        r_high    = Signal(16 - L)
+        r_low     = Signal(L)
+        r_borrow  = Signal()
         frame     = Signal(self._frame_width)
         started   = Signal()
         switch    = Signal()
         first     = Signal(L + 1)
         new_frame = Signal(self._frame_width)
-        past      = Signal(W + 1)
         ends      = Signal()                    # the current slot ends in this cycle
+        restart   = Signal()                    # `wait` loads, r_high clears
+        wait_next = Signal.like(wait)
+        next_frac = d_frac + start_frac         # d_frac - the period's fraction, and its carry: no borrow
         m.d.comb += [
-            past.eq(r - short),
-            ends.eq(~past[W]),
+            ends.eq(~wait[-1]),
+            restart.eq(switch | ends),
         ]
         with m.If(switch):
+            # r = (P - first) << F, so d = r - short has the fraction -period mod 2**F.
+            m.d.comb += wait_next.eq(Mux(first + short_low + nonzero > P, wait_long, wait_short))
             m.d.sync += [
-                r.eq((P - first) << F),
+                d_low.eq(-first - short_low - nonzero),
+                d_borrow.eq(start_borrow),
+                d_frac.eq(start_frac << 1),
+                r_low.eq(P - first),
+                r_borrow.eq(nonzero),
                 s.eq(0),
                 frame.eq(new_frame),
                 started.eq(1),
             ]
-        with m.Elif(ends):
-            m.d.sync += [
-                r.eq(past[:W]),
-                s.eq(s + ~s[K]),
-            ]
         with m.Else():
-            m.d.sync += r.eq(r + step)
+            # r = d and d = d - short: wait is 0 here, so d's whole bins are d_low.
+            m.d.comb += wait_next.eq(Mux(short_low + d_borrow > d_low, wait_long, wait_short))
+            with m.If(ends):
+                m.d.sync += [
+                    d_low.eq(d_low - short_low - d_borrow),
+                    d_borrow.eq(nonzero & ~next_frac[F]),
+                    d_frac.eq(next_frac),
+                    r_low.eq(d_low),
+                    r_borrow.eq(d_borrow),
+                    s.eq(s + ~s[K]),
+                ]
+        # A load or a count: one carry chain, then a multiplexer.
+        with m.If(restart):
+            m.d.sync += [wait.eq(wait_next), r_high.eq(0)]
+        with m.Else():
+            m.d.sync += [wait.eq(wait + 1), r_high.eq(r_high + 1)]
         m.d.sync += [
             switch.eq(load),
             first.eq(load_first),
@@ -295,9 +406,10 @@ class SlotAssigner(wiring.Component):
         # edge at bin f has the fraction of r, shared by all edges of the cycle, so x >= period is decided by the
         # whole bins and one borrow from the fractions. An edge at or after the new frame's first bin in a switch
         # cycle belongs to the new frame, at x = f - first bins (less than a cycle, so x < period: its slot 0).
-        x_hit, x_new = Signal(D), Signal(D)
+        x_hit     = Signal(D)
+        x_new     = Signal(D)
         x_bins    = [Signal(17, name=f"x_bins{c}") for c in range(D)]
-        x_borrow  = Signal()                    # r's fraction < the period's
+        x_period  = Signal(18)                  # -(the period's whole bins, + 1 if r's fraction < the period's)
         x_frame   = Signal(self._frame_width)
         x_slot    = Signal(K)
         x_started = Signal()
@@ -310,10 +422,10 @@ class SlotAssigner(wiring.Component):
             m.d.sync += [
                 x_hit[c].eq(hits_d[c]),
                 x_new[c].eq(new),
-                x_bins[c].eq(Mux(new, fine_d[c] - first, r[F:] + fine_d[c])),
+                x_bins[c].eq(Mux(new, fine_d[c] - first, Cat(r_low, r_high) + fine_d[c])),
             ]
         m.d.sync += [
-            x_borrow.eq(r[:F] < period[:F]),
+            x_period.eq(Mux(r_borrow, period_not, period_neg)),
             x_frame.eq(frame),
             x_slot.eq(s[:K]),
             x_started.eq(started),
@@ -324,8 +436,10 @@ class SlotAssigner(wiring.Component):
         ]
 
         # Stage Y: slot s or s + 1 (`y_next`, x >= period), and the phase's whole bins, x or x - period.
-        y_hit, y_new, y_next = Signal(D), Signal(D), Signal(D)
-        y_phase = [Signal(16, name=f"y_phase{c}") for c in range(D)]
+        y_hit     = Signal(D)
+        y_new     = Signal(D)
+        y_next    = Signal(D)
+        y_phase   = [Signal(16, name=f"y_phase{c}") for c in range(D)]
         y_frame   = Signal(self._frame_width)
         y_slot    = Signal(K)
         y_moving  = Signal()
@@ -333,7 +447,7 @@ class SlotAssigner(wiring.Component):
         y_none    = Signal()                    # an edge of the old frame is outside
         for c in range(D):
             later = Signal(18, name=f"later{c}")
-            m.d.comb += later.eq(x_bins[c] - period[F:] - x_borrow)
+            m.d.comb += later.eq(x_bins[c] + x_period)
             m.d.sync += [
                 y_next[c].eq(~later[17]),
                 y_phase[c].eq(Mux(later[17], x_bins[c], later)),
@@ -348,31 +462,48 @@ class SlotAssigner(wiring.Component):
             y_none.eq(~x_started | x_beyond),
         ]
 
-        # Stage G: classify each edge; the accepted ones of slot s (or the old frame's slot in a switch cycle)
-        # and of the next slot (s + 1, or the new frame's slot 0) form two patterns.
-        g_current, g_next = Signal(D), Signal(D)
-        g_gated, g_outside = Signal(range(D + 1)), Signal(range(D + 1))
-        g_frame  = Signal(self._frame_width)
-        g_slot   = Signal(K)
-        g_moving = Signal()
-        outside_edges, gated_edges = [], []
+        # Stage C: classify each edge: outside, gated (phase outside the gate) or accepted. The gate comparisons are
+        # the long carry chains here, so the per-edge flags are registered before stage G counts them.
+        c_outside  = Signal(D)
+        c_gated    = Signal(D)
+        c_accepted = Signal(D)
+        c_later    = Signal(D)                  # in the next slot: s + 1, or the new frame's slot 0
+        c_frame    = Signal(self._frame_width)
+        c_slot     = Signal(K)
+        c_moving   = Signal()
         for c in range(D):
             outside = y_hit[c] & ~y_new[c] & (y_none | (y_next[c] & y_outside))
-            inside = (y_phase[c] >= gate_start) & (y_phase[c] < gate_end)
-            accepted = y_hit[c] & ~outside & inside
-            outside_edges.append(outside)
-            gated_edges.append(y_hit[c] & ~outside & ~inside)
-            later = y_new[c] | y_next[c]
+            # gate_start <= phase < gate_start + gate_width, from the carries of phase + the negated bounds.
+            inside = (y_phase[c] + gate_start_neg)[16] & ~(y_phase[c] + gate_end_neg)[17]
             m.d.sync += [
-                g_current[c].eq(accepted & ~later),
-                g_next[c].eq(accepted & later),
+                c_outside[c].eq(outside),
+                c_gated[c].eq(y_hit[c] & ~outside & ~inside),
+                c_accepted[c].eq(y_hit[c] & ~outside & inside),
+                c_later[c].eq(y_new[c] | y_next[c]),
             ]
         m.d.sync += [
-            g_gated.eq(sum(gated_edges)),
-            g_outside.eq(sum(outside_edges)),
-            g_frame.eq(y_frame),
-            g_slot.eq(y_slot),
-            g_moving.eq(y_moving),
+            c_frame.eq(y_frame),
+            c_slot.eq(y_slot),
+            c_moving.eq(y_moving),
+        ]
+
+        # Stage G: count the outside and gated edges; the accepted ones of slot s (or the old frame's slot in a
+        # switch cycle) and of the next slot form two patterns.
+        g_current = Signal(D)
+        g_next    = Signal(D)
+        g_gated   = Signal(range(D + 1))
+        g_outside = Signal(range(D + 1))
+        g_frame   = Signal(self._frame_width)
+        g_slot    = Signal(K)
+        g_moving  = Signal()
+        m.d.sync += [
+            g_current.eq(c_accepted & ~c_later),
+            g_next.eq(c_accepted & c_later),
+            g_gated.eq(sum(c_gated[c] for c in range(D))),
+            g_outside.eq(sum(c_outside[c] for c in range(D))),
+            g_frame.eq(c_frame),
+            g_slot.eq(c_slot),
+            g_moving.eq(c_moving),
         ]
 
         # Stage E: the open slot's pattern; it goes out when the tracker leaves the slot.
@@ -424,7 +555,8 @@ class Squasher(wiring.Component):
         One word per detection: bit 0 picks the basis and bit 1 the bit where the rule asks for a random one
         (``squash``'s columns 0 and 1).
     o_detections : Out(stream.Signature(squashed_layout(...)))
-        One beat per detection, a cycle after both inputs' beats.
+        One beat per detection, a cycle after both inputs' beats; registered, and its ``ready`` reaches no input
+        (the inputs are ready while a skid register is free).
     """
 
     def __init__(self, *, frame_width, frame_bits, detectors=4):
@@ -452,17 +584,37 @@ class Squasher(wiring.Component):
         lanes = Mux(basis, pattern[2:4], pattern[0:2])
         bit = Mux(both | (lanes == 0b11), random_bit, lanes[1])
 
-        with m.If(self.i_detections.valid & self.i_random.valid &
-                  (~self.o_detections.valid | self.o_detections.ready)):
-            m.d.comb += [self.i_detections.ready.eq(1), self.i_random.ready.eq(1)]
-            m.d.sync += [
-                self.o_detections.valid.eq(1),
-                self.o_detections.p.frame.eq(self.i_detections.p.frame),
-                self.o_detections.p.slot.eq(self.i_detections.p.slot),
-                self.o_detections.p.basis.eq(basis),
-                self.o_detections.p.bit.eq(bit),
-            ]
-        with m.Elif(self.o_detections.ready):
-            m.d.sync += self.o_detections.valid.eq(0)
+        squashed = Signal.like(self.o_detections.p)
+        m.d.comb += [
+            squashed.frame.eq(self.i_detections.p.frame),
+            squashed.slot.eq(self.i_detections.p.slot),
+            squashed.basis.eq(basis),
+            squashed.bit.eq(bit),
+        ]
+
+        # An output register with a skid register behind it: the inputs are taken whenever the skid register is
+        # empty, so that `o_detections.ready` drives only these two registers and no path runs from the consumer's
+        # ready through the join to the producers. A beat in the skid register goes out first. `o_detections.ready`
+        # comes last into each register's logic (`advance`), since it may come late; the payload registers have no
+        # reset, which would have to be merged into their enables.
+        payload    = Signal(self.o_detections.p.shape(), reset_less=True)
+        skid       = Signal(self.o_detections.p.shape(), reset_less=True)
+        skid_valid = Signal()
+        arrive     = self.i_detections.valid & self.i_random.valid & ~skid_valid
+        waiting    = skid_valid | arrive        # a beat for the output register
+        advance    = ~self.o_detections.valid | self.o_detections.ready
+        m.d.comb += [
+            self.i_detections.ready.eq(arrive),
+            self.i_random.ready.eq(arrive),
+            self.o_detections.p.eq(payload),
+        ]
+        m.d.sync += [
+            self.o_detections.valid.eq(Mux(advance, waiting, self.o_detections.valid)),
+            skid_valid.eq(~advance & waiting),
+        ]
+        with m.If(advance):
+            m.d.sync += payload.eq(Mux(skid_valid, skid, squashed))
+        with m.Elif(arrive):
+            m.d.sync += skid.eq(squashed)
 
         return m

@@ -117,6 +117,23 @@ class SlotAssignerTestCase(unittest.TestCase):
                 result = self.check(events, **settings)
                 self.assertTrue(result.detections and result.gated and result.outside)
 
+    def test_long_delay(self):
+        # A delay of more than 2**17 cycles: the wait for a frame start is counted down in two 16-bit halves, and
+        # the high half counts more than once. The second sync overruns the first one's frame, which would have
+        # started long after it.
+        rng = random.Random(7)
+        delay = (1 << 17) + 300
+        events = [(3, 1 << 4, [0] * 5), (40, 1 << 4, [0] * 5)]
+        for cycle in range(40 + delay - 20, 40 + delay + 60):
+            hits = sum(1 << c for c in range(4) if rng.random() < 0.3)
+            if hits:
+                events.append((cycle, hits, [0] * 5))
+        result = self.check(events, phases=1, frame_bits=4, fraction_bits=4, period=(3 << 4) + 5, delay=delay,
+                            gate_start=0, gate_width=2)
+        self.assertEqual((result.frames, result.overrun), (2, 1))
+        self.assertGreater(len(result.detections), 10)
+        self.assertTrue(result.outside and result.gated)
+
     def test_overrun(self):
         # A delay longer than the sync interval: every frame but the last is overrun by the next sync.
         rng = random.Random(5)
