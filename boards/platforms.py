@@ -110,6 +110,8 @@ class Board:
         (:class:`qkdlink.gateware.queue.EventQueue`), in beats.
     detection_depth : int
         Depth of Bob's detection memory, the FIFO of (basis, bit) of the detections Alice has not answered yet.
+        On the UP5K it is 512: Amaranth's ``SyncFIFOBuffered`` compares its whole level for its flags every cycle,
+        and at 8192 entries that path runs at 44 MHz; a FIFO with registered flags would allow more.
     """
     name: str
     platform: type
@@ -136,7 +138,7 @@ BOARDS = {
         # of the 30 4-kbit block RAMs.
         Board("icebreaker", _ICEBreakerPlatform, 48e6,
               toeplitz_width=2, toeplitz_accumulator=1024, max_block=1 << 16,
-              frame_bits=15, choice_frames=6, key_bits=1 << 16, event_depth=256, detection_depth=1 << 13),
+              frame_bits=15, choice_frames=6, key_bits=1 << 16, event_depth=256, detection_depth=1 << 9),
         # ECP5-85F: 84k LUTs, 208 18-kbit block RAMs (DP16KD). Alice's choices (4 frames of 2^15 slots) take 32,
         # the key block 16, Bob's queues and detection memory 10. Deeper memories take several blocks per bit,
         # whose output multiplexer does not meet 100 MHz unregistered: 8 frames of choices reach 86 MHz, and a

@@ -121,11 +121,11 @@ class ULX3SElaborationTestCase(unittest.TestCase):
         self.assertEqual(len(re.findall(r"cell \\EHXPLLL ", rtlil)), 1)
         self.assertNotIn("SB_SPRAM256KA", rtlil)
         board = self.board
-        # SyncFIFOBuffered keeps one beat of its depth in its output register.
+        # The event queues hold their whole depth in memory; SyncFIFOBuffered (the detection memory) keeps one beat
+        # of its depth in its output register.
         expected = [
-            (Shape.cast(event_layout(5, 4)).width, board.event_depth - 1),
-            (Shape.cast(detection_layout(frame_width=32, frame_bits=board.frame_bits)).width,
-             board.event_depth - 1),
+            (Shape.cast(event_layout(5, 4)).width, board.event_depth),
+            (Shape.cast(detection_layout(frame_width=32, frame_bits=board.frame_bits)).width, board.event_depth),
             (2, board.detection_depth - 1),
             (2, 2),                             # the flip-flops behind it
             (16, _key_words(board)),
