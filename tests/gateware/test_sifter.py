@@ -1,28 +1,17 @@
 # amaranth: UnusedElaboratable=no
 import itertools
-import os
 import random
 import unittest
-from contextlib import nullcontext
 
 import numpy as np
-from amaranth.sim import Simulator
 
 from qkdlink.gateware.sifter import Sifter
 from qkdlink.gateware.stream import stream_get, stream_put
 from qkdlink.host.sifting import NOT_SENT, X, Z, matches, sift
+from tests.gateware.test_keymemory import _simulate
 
 
 _FIELDS = ("basis", "bit", "alice_basis", "intensity")
-
-
-def _simulate(test, dut, testbenches):
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    for testbench in testbenches:
-        sim.add_testbench(testbench)
-    with sim.write_vcd(f"{test.id()}.vcd") if os.getenv("GENERATE_VCDS") else nullcontext():
-        sim.run()
 
 
 class SifterTestCase(unittest.TestCase):

@@ -12,17 +12,7 @@ from qkdlink.gateware.stream import stream_get, stream_put
 from qkdlink.host.sifting import squash
 from qkdlink.sim.optics import Fibre, OpticalBench, Receiver, Source, slot_events
 from qkdlink.sim.slots import assign, bench_events, run_gateware
-
-
-def random_events(rng, cycles, *, phases, p_sync, p_hit, detectors=4):
-    """Events with random edges on every channel: syncs far more often than frames, every fine time."""
-    events = []
-    for cycle in range(cycles):
-        hits = sum(1 << c for c in range(detectors) if rng.random() < p_hit)
-        hits |= (rng.random() < p_sync) << detectors
-        if hits:
-            events.append((cycle, hits, [rng.randrange(phases) for _ in range(detectors + 1)]))
-    return events
+from tests.sim.test_slots import random_events
 
 
 class SlotAssignerTestCase(unittest.TestCase):

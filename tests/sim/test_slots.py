@@ -73,6 +73,7 @@ def literal(events, *, phases, frame_bits, period, delay, gate_start, gate_width
 
 
 def random_events(rng, cycles, *, phases, p_sync, p_hit, detectors=4):
+    """Events with random edges on every channel: syncs far more often than frames, every fine time."""
     events = []
     for cycle in range(cycles):
         hits = sum(1 << c for c in range(detectors) if rng.random() < p_hit)
