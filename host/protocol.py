@@ -32,7 +32,7 @@ from .sifting import NOT_SENT, sift, squash
 from .toeplitz import toeplitz_hash
 
 
-__all__ = ["ProtocolSettings", "BlockResult", "Alice", "Bob", "ChoiceMemory", "DetectionRecord"]
+__all__ = ["ProtocolSettings", "BlockResult", "Alice", "Bob", "ChoiceMemory", "DetectionRecord", "SquashedDetections"]
 
 
 @dataclass(frozen=True)
@@ -98,12 +98,42 @@ class ChoiceMemory:
             raise ProtocolError("Bob reported a detection in a slot Alice has no record of")
         return self.basis[index], self.bit[index], self.intensity[index]
 
+    def sift(self, slots, bob_bases):
+        """Alice's answer to Bob's detections in ``slots`` with his ``bob_bases``: her bases and intensities there,
+        and her :class:`~qkdlink.host.sifting.SiftedBlock`. A board's choice memory offers the same call."""
+        bases, bits, intensities = self.lookup(slots)
+        return bases, intensities, sift(bob_bases, bits, bases, intensities)
+
 
 @dataclass(frozen=True)
 class DetectionRecord:
     """Bob's registered detections in a block: slots (ascending) and raw 4-bit detector patterns."""
     slot: np.ndarray
     pattern: np.ndarray
+
+    def squash(self, entropy):
+        """The :class:`SquashedDetections`, squashing multi-clicks with bits from ``entropy``."""
+        pattern = np.asarray(self.pattern, dtype=np.uint8)
+        bases, bits = squash(pattern, entropy.bits(2 * pattern.size).reshape(-1, 2))
+        return SquashedDetections(np.asarray(self.slot, dtype=np.int64), bases, bits)
+
+
+@dataclass(frozen=True)
+class SquashedDetections:
+    """Bob's detections after squashing: slot, basis and bit of each, as his board's detection memory holds them.
+
+    A board offers the same :meth:`squash` (it has squashed already) and :meth:`sift` calls.
+    """
+    slot: np.ndarray
+    basis: np.ndarray
+    bit: np.ndarray
+
+    def squash(self, entropy):
+        return self
+
+    def sift(self, alice_bases, intensities):
+        """Bob's :class:`~qkdlink.host.sifting.SiftedBlock` given Alice's answer."""
+        return sift(self.basis, self.bit, alice_bases, intensities)
 
 
 def _counts(intensities, errors=None):
@@ -184,9 +214,8 @@ class Alice(_Side):
             raise ProtocolError("Bob's detections are not one basis per slot in ascending slot order")
         if np.any(bob_bases > 1):
             raise ProtocolError("Bob's detections carry a basis other than Z or X")
-        bases, bits, intensities = choices.lookup(slots)
+        bases, intensities, sifted = choices.sift(slots, bob_bases)
         self.endpoint.send(Message("sift", {"basis": bases, "intensity": intensities}))
-        sifted = sift(bob_bases, bits, bases, intensities)
 
         test = self.endpoint.receive("test")["bits"].astype(np.uint8)
         if test.size != sifted.test.size:
@@ -259,16 +288,16 @@ class Bob(_Side):
         announced = self.endpoint.receive("block")
         if announced["block"] != block:
             raise ProtocolError(f"Alice started block {announced['block']}, Bob expected block {block}")
-        pattern = np.asarray(detections.pattern, dtype=np.uint8)
-        bases, bits = squash(pattern, self.entropy.bits(2 * pattern.size).reshape(-1, 2))
-        self.endpoint.send(Message("detect", {"slot": np.asarray(detections.slot, dtype=np.int64),
+        squashed = detections.squash(self.entropy)
+        bases = squashed.basis
+        self.endpoint.send(Message("detect", {"slot": np.asarray(squashed.slot, dtype=np.int64),
                                               "basis": bases}))
         answer = self.endpoint.receive("sift")
         alice_bases = answer["basis"].astype(np.uint8)
         intensities = answer["intensity"].astype(np.uint8)
         if alice_bases.size != bases.size or intensities.size != bases.size or np.any(intensities > NOT_SENT):
             raise ProtocolError("Alice's sifting answer does not match Bob's detections")
-        sifted = sift(bases, bits, alice_bases, intensities)
+        sifted = squashed.sift(alice_bases, intensities)
         self.endpoint.send(Message("test", {"bits": sifted.test}))
 
         estimate = self.endpoint.receive("estimate")

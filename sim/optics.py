@@ -86,6 +86,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..host.sifting import squash
+from ..numbering import NOT_SENT
 
 
 __all__ = ["Z", "X", "PHOTON", "DARK", "AFTERPULSE", "Source", "Fibre", "Receiver", "InterceptResend",
@@ -951,7 +952,29 @@ def slot_events(bench, first_slot, slots, *, rng):
     basis = (rng.random(count) >= source.p_z).astype(np.uint8)
     bit = rng.integers(0, 2, count, dtype=np.uint8)
     intensity = _draw(_cumulative(np.array(source.probabilities)), count, rng).astype(np.uint8)
-    mu = np.array(source.intensities)[intensity]
+    return detector_events(bench, basis, bit, intensity, first_slot=first_slot, rng=rng)
+
+
+def detector_events(bench, basis, bit, intensity, *, first_slot, rng):
+    """Bob's detector pulses for slots that Alice drove with ``basis``, ``bit`` and ``intensity`` (one entry per
+    slot, from ``first_slot`` on): the channel, Eve and Bob of :func:`slot_events`, for Alice's choices made
+    elsewhere (by the gateware's sequencer in a simulated link). An intensity of ``NOT_SENT`` sends no light.
+
+    Returns
+    -------
+    SlotEvents
+    """
+    if not isinstance(bench, OpticalBench):
+        raise ValueError(f"detector_events needs an OpticalBench, not {bench!r}")
+    first_slot = _integer(first_slot, "the first slot")
+    basis, bit, intensity = (np.asarray(array, dtype=np.uint8) for array in (basis, bit, intensity))
+    count = basis.size
+    if not bit.size == intensity.size == count:
+        raise ValueError(f"basis, bit and intensity must have one entry per slot, not {basis.size}, {bit.size} "
+                         f"and {intensity.size}")
+    source, receiver, eve = bench.source, bench.receiver, bench.eavesdropper
+    eta_channel = transmittance(bench.fibre)
+    mu = np.append(np.array(source.intensities, dtype=np.float64), 0.0)[np.minimum(intensity, NOT_SENT)]
     photons = rng.poisson(mu)
 
     # The channel (and Eve): photons entering Bob's receiver, and the state they carry.

@@ -13,26 +13,11 @@ import os
 import tempfile
 from pathlib import Path
 
-from amaranth.hdl import Const, Value
-from amaranth.lib import data, wiring
+from amaranth.lib import data
 from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
-
-def convert(component, name):
-    """``component`` as Verilog, module ``name``, with the ports ``verilog.convert`` gives a component (signature
-    paths joined with ``__``, directions from the members' flows), except constant members such as the ``ready`` of
-    an ``always_ready`` stream, which ``convert`` refuses as ports."""
-    from amaranth.back import verilog
-    from amaranth.hdl._ir import PortDirection      # what convert() passes for a component; 0.5 has no public name
-
-    ports = {}
-    for path, member, value in component.signature.flatten(component):
-        value = Value.cast(value)
-        if not isinstance(value, Const):
-            direction = PortDirection.Input if member.flow == wiring.In else PortDirection.Output
-            ports["__".join(map(str, path))] = (value, direction)
-    return verilog.convert(component, name=name, ports=ports)
+from qkdlink.sim.verilator import convert
 
 
 def run(tmp_path, component, *, toplevel, test_module, env=None):
