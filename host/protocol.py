@@ -4,8 +4,9 @@ Each side is an object that knows only its own data and talks to the other only 
 (:mod:`qkdlink.host.channel`). A block runs:
 
 1. ``block``     Alice -> Bob: the block's number and the pulses she sent.
-2. ``detect``    Bob -> Alice: the slots where Bob registered a detection and his (squashed) basis for each.
-3. ``sift``      Alice -> Bob: her basis and the intensity she sent in each of those slots.
+2. ``detect``    Bob -> Alice: the slots where Bob registered a detection and his (squashed) basis for each, in
+                 one or more batches (a board's frames as they complete), then ``detected``.
+3. ``sift``      Alice -> Bob: her basis and the intensity she sent in each of those slots, batch by batch.
 4. ``test``      Bob -> Alice: his bits of the matched X-basis detections (sacrificed for estimation).
 5. ``estimate``  Alice -> Bob: the counts per intensity and the X-basis errors; or ``abort`` if no key can come
                  out of this block even with ideal error correction.
@@ -88,6 +89,7 @@ class ChoiceMemory:
         self.basis = np.asarray(basis, dtype=np.uint8)
         self.bit = np.asarray(bit, dtype=np.uint8)
         self.intensity = np.asarray(intensity, dtype=np.uint8)
+        self._answered = []
 
     def lookup(self, slots):
         """Alice's (basis, bit, intensity) in ``slots``; :class:`ProtocolError` for a slot she has no record of."""
@@ -98,11 +100,17 @@ class ChoiceMemory:
             raise ProtocolError("Bob reported a detection in a slot Alice has no record of")
         return self.basis[index], self.bit[index], self.intensity[index]
 
-    def sift(self, slots, bob_bases):
-        """Alice's answer to Bob's detections in ``slots`` with his ``bob_bases``: her bases and intensities there,
-        and her :class:`~qkdlink.host.sifting.SiftedBlock`. A board's choice memory offers the same call."""
+    def answer(self, slots, bob_bases):
+        """Alice's answer to a batch of Bob's detections, in ``slots`` with his ``bob_bases``: her bases and
+        intensities there. A board's choice memory offers the same calls, :meth:`answer` and :meth:`sifted`."""
         bases, bits, intensities = self.lookup(slots)
-        return bases, intensities, sift(bob_bases, bits, bases, intensities)
+        self._answered.append((bob_bases, bits, bases, intensities))
+        return bases, intensities
+
+    def sifted(self):
+        """Alice's :class:`~qkdlink.host.sifting.SiftedBlock` of every batch answered."""
+        columns = [np.concatenate(column) for column in zip(*self._answered)] or [np.zeros(0, np.uint8)] * 4
+        return sift(*columns)
 
 
 @dataclass(frozen=True)
@@ -118,21 +126,32 @@ class DetectionRecord:
         return SquashedDetections(np.asarray(self.slot, dtype=np.int64), bases, bits)
 
 
-@dataclass(frozen=True)
 class SquashedDetections:
     """Bob's detections after squashing: slot, basis and bit of each, as his board's detection memory holds them.
 
-    A board offers the same :meth:`squash` (it has squashed already) and :meth:`sift` calls.
+    A board offers the same calls: :meth:`squash` (it has squashed already), :meth:`batches`, :meth:`answer` and
+    :meth:`sifted`.
     """
-    slot: np.ndarray
-    basis: np.ndarray
-    bit: np.ndarray
+
+    def __init__(self, slot, basis, bit):
+        self.slot, self.basis, self.bit = slot, basis, bit
+        self._answers = []
 
     def squash(self, entropy):
         return self
 
-    def sift(self, alice_bases, intensities):
-        """Bob's :class:`~qkdlink.host.sifting.SiftedBlock` given Alice's answer."""
+    def batches(self):
+        """The detections to announce, in batches of ``(slots, bases)``: here one batch."""
+        yield self.slot, self.basis
+
+    def answer(self, alice_bases, intensities):
+        """Alice's answer to the last batch."""
+        self._answers.append((alice_bases, intensities))
+
+    def sifted(self):
+        """Bob's :class:`~qkdlink.host.sifting.SiftedBlock` given Alice's answers."""
+        alice_bases, intensities = ([np.concatenate(column) for column in zip(*self._answers)] or
+                                    [np.zeros(0, np.uint8)] * 2)
         return sift(self.basis, self.bit, alice_bases, intensities)
 
 
@@ -207,15 +226,20 @@ class Alice(_Side):
 
     def _run(self, block, pulses, choices, result):
         self.endpoint.send(Message("block", {"block": block, "pulses": pulses}))
-        detect = self.endpoint.receive("detect")
-        slots = detect["slot"].astype(np.int64)
-        bob_bases = detect["basis"].astype(np.uint8)
-        if slots.size != bob_bases.size or (slots.size and np.any(np.diff(slots) <= 0)):
-            raise ProtocolError("Bob's detections are not one basis per slot in ascending slot order")
-        if np.any(bob_bases > 1):
-            raise ProtocolError("Bob's detections carry a basis other than Z or X")
-        bases, intensities, sifted = choices.sift(slots, bob_bases)
-        self.endpoint.send(Message("sift", {"basis": bases, "intensity": intensities}))
+        detections, last = 0, -1
+        while (detect := self.endpoint.receive()).kind != "detected":
+            detect.expect("detect")
+            slots = detect["slot"].astype(np.int64)
+            bob_bases = detect["basis"].astype(np.uint8)
+            if slots.size != bob_bases.size or (slots.size and (np.any(np.diff(slots) <= 0) or slots[0] <= last)):
+                raise ProtocolError("Bob's detections are not one basis per slot in ascending slot order")
+            if np.any(bob_bases > 1):
+                raise ProtocolError("Bob's detections carry a basis other than Z or X")
+            bases, intensities = choices.answer(slots, bob_bases)
+            self.endpoint.send(Message("sift", {"basis": bases, "intensity": intensities}))
+            detections += slots.size
+            last = slots[-1] if slots.size else last
+        sifted = choices.sifted()
 
         test = self.endpoint.receive("test")["bits"].astype(np.uint8)
         if test.size != sifted.test.size:
@@ -223,7 +247,7 @@ class Alice(_Side):
         n_x, m_x = _counts(sifted.test_intensity, test != sifted.test)
         counts = BlockCounts(n_z=_counts(sifted.key_intensity), n_x=n_x, m_x=m_x)
         qber_x = sum(m_x) / max(sum(n_x), 1)
-        result.figures.update(pulses=pulses, detections=int(slots.size), counts=counts, qber_x=qber_x)
+        result.figures.update(pulses=pulses, detections=detections, counts=counts, qber_x=qber_x)
         # Before spending a reconciliation on it: could this block give any key at all?
         expected_leak = math.ceil(self.settings.expected_efficiency * sifted.key.size *
                                   binary_entropy(min(qber_x, 0.5)))
@@ -289,15 +313,18 @@ class Bob(_Side):
         if announced["block"] != block:
             raise ProtocolError(f"Alice started block {announced['block']}, Bob expected block {block}")
         squashed = detections.squash(self.entropy)
-        bases = squashed.basis
-        self.endpoint.send(Message("detect", {"slot": np.asarray(squashed.slot, dtype=np.int64),
-                                              "basis": bases}))
-        answer = self.endpoint.receive("sift")
-        alice_bases = answer["basis"].astype(np.uint8)
-        intensities = answer["intensity"].astype(np.uint8)
-        if alice_bases.size != bases.size or intensities.size != bases.size or np.any(intensities > NOT_SENT):
-            raise ProtocolError("Alice's sifting answer does not match Bob's detections")
-        sifted = squashed.sift(alice_bases, intensities)
+        count = 0
+        for slots, bases in squashed.batches():
+            self.endpoint.send(Message("detect", {"slot": np.asarray(slots, dtype=np.int64), "basis": bases}))
+            answer = self.endpoint.receive("sift")
+            alice_bases = answer["basis"].astype(np.uint8)
+            intensities = answer["intensity"].astype(np.uint8)
+            if alice_bases.size != bases.size or intensities.size != bases.size or np.any(intensities > NOT_SENT):
+                raise ProtocolError("Alice's sifting answer does not match Bob's detections")
+            squashed.answer(alice_bases, intensities)
+            count += bases.size
+        self.endpoint.send(Message("detected"))
+        sifted = squashed.sifted()
         self.endpoint.send(Message("test", {"bits": sifted.test}))
 
         estimate = self.endpoint.receive("estimate")
@@ -307,7 +334,7 @@ class Bob(_Side):
         if counts.n_z != _counts(sifted.key_intensity) or counts.n_x != _counts(sifted.test_intensity):
             raise ProtocolError("Alice's detection counts differ from Bob's")
         qber_x = sum(counts.m_x) / max(sum(counts.n_x), 1)
-        result.figures.update(pulses=announced["pulses"], detections=int(bases.size), counts=counts,
+        result.figures.update(pulses=announced["pulses"], detections=count, counts=counts,
                               qber_x=qber_x)
 
         shuffle_seed = self.entropy.bytes(16)
