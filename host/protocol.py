@@ -100,9 +100,11 @@ class ChoiceMemory:
             raise ProtocolError("Bob reported a detection in a slot Alice has no record of")
         return self.basis[index], self.bit[index], self.intensity[index]
 
-    def answer(self, slots, bob_bases):
+    def answer(self, slots, bob_bases, frames=0):
         """Alice's answer to a batch of Bob's detections, in ``slots`` with his ``bob_bases``: her bases and
-        intensities there. A board's choice memory offers the same calls, :meth:`answer` and :meth:`sifted`."""
+        intensities there. ``frames`` is the number of frames the batches so far cover completely (0 when the
+        detections are not counted in frames); a board frees their choices. A board's choice memory offers the
+        same calls, :meth:`answer` and :meth:`sifted`."""
         bases, bits, intensities = self.lookup(slots)
         self._answered.append((bob_bases, bits, bases, intensities))
         return bases, intensities
@@ -141,8 +143,9 @@ class SquashedDetections:
         return self
 
     def batches(self):
-        """The detections to announce, in batches of ``(slots, bases)``: here one batch."""
-        yield self.slot, self.basis
+        """The detections to announce, in batches of ``(slots, bases, frames)``, ``frames`` being the number of
+        frames the batches so far cover completely (0: not counted in frames): here one batch."""
+        yield self.slot, self.basis, 0
 
     def answer(self, alice_bases, intensities):
         """Alice's answer to the last batch."""
@@ -235,7 +238,7 @@ class Alice(_Side):
                 raise ProtocolError("Bob's detections are not one basis per slot in ascending slot order")
             if np.any(bob_bases > 1):
                 raise ProtocolError("Bob's detections carry a basis other than Z or X")
-            bases, intensities = choices.answer(slots, bob_bases)
+            bases, intensities = choices.answer(slots, bob_bases, detect["frames"])
             self.endpoint.send(Message("sift", {"basis": bases, "intensity": intensities}))
             detections += slots.size
             last = slots[-1] if slots.size else last
@@ -314,8 +317,9 @@ class Bob(_Side):
             raise ProtocolError(f"Alice started block {announced['block']}, Bob expected block {block}")
         squashed = detections.squash(self.entropy)
         count = 0
-        for slots, bases in squashed.batches():
-            self.endpoint.send(Message("detect", {"slot": np.asarray(slots, dtype=np.int64), "basis": bases}))
+        for slots, bases, frames in squashed.batches():
+            self.endpoint.send(Message("detect", {"slot": np.asarray(slots, dtype=np.int64), "basis": bases,
+                                                  "frames": frames}))
             answer = self.endpoint.receive("sift")
             alice_bases = answer["basis"].astype(np.uint8)
             intensities = answer["intensity"].astype(np.uint8)
