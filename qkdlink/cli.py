@@ -319,6 +319,12 @@ def add_demo_arguments(parser):
     parser.add_argument("-o", "--output", metavar="DIR", default="build/link",
                         help="folder for the key files alice.key, bob.key and their figures "
                              "(default: %(default)s)")
+    parser.add_argument("--boards", choices=("none", "model", "rtl"), default="none",
+                        help="run the capture path on simulated boards over the wire protocol: 'model' (the "
+                             "gateware's Python models) or 'rtl' (the gateware itself under Verilator); 'none' "
+                             "simulates the slots directly, fastest (default: %(default)s)")
+    parser.add_argument("--rtl", dest="boards", action="store_const", const="rtl",
+                        help="short for --boards rtl")
     add_link_arguments(parser)
 
 
@@ -401,6 +407,8 @@ def _write_keys(directory, blocks):
 
 
 def run_demo(args):
+    if args.boards != "none":
+        return _run_board_demo(args)
     from .sim.link import pulses_for, run_link
     bench = _bench(args, args.distance, _eavesdropper(args))
     settings = _settings(args)
@@ -422,6 +430,159 @@ def run_demo(args):
     logger.info("%d of %d blocks gave a key; keys and figures in %s/", kept, len(blocks), args.output)
     if any(not block.alice.aborted and not block.keys_equal for block in blocks):
         raise CLIError("Alice and Bob hold different keys: this is a bug, please report it")
+
+
+def _run_board_demo(args):
+    from dataclasses import replace
+    from .sim.boardlink import LinkTiming, frames_for, run_board_link
+    timing = LinkTiming()
+    bench = replace(_bench(args, args.distance, _eavesdropper(args)), slot_rate_hz=1e9 / timing.slot_ns)
+    settings = _settings(args)
+    seed = _simulation_seed(args)
+    frames = frames_for(bench, args.block_bits, timing)
+    pulses = frames << timing.frame_bits
+    asymptotic, plob = _reference_rates(bench)
+    logger.info("%s km of fibre, %s boards (%s); %d block(s) of %d frames of %d slots", args.distance,
+                args.boards, "the gateware under Verilator" if args.boards == "rtl" else "the gateware's models",
+                args.blocks, frames, 1 << timing.frame_bits)
+    progress = _Progress(args.blocks * frames, "sifting", "frames")
+    try:
+        blocks = run_board_link(bench, settings, frames=frames, blocks=args.blocks, seed=seed,
+                                rtl=args.boards == "rtl", timing=timing, progress=progress)
+    except ValueError as error:
+        raise CLIError(str(error)) from None
+    finally:
+        progress.close()
+    for block in blocks:
+        _print_block(block, pulses, asymptotic, plob)
+    _write_keys(args.output, blocks)
+    kept = sum(block.keys_equal for block in blocks)
+    logger.info("%d of %d blocks gave a key; keys and figures in %s/", kept, len(blocks), args.output)
+    if any(not block.alice.aborted and not block.keys_equal for block in blocks):
+        raise CLIError("Alice and Bob hold different keys: this is a bug, please report it")
+
+
+# ---------------------------------------------------------------------------------------------- boards
+
+def _board_name(text):
+    from .boards.platforms import BOARDS
+    if text not in BOARDS:
+        raise argparse.ArgumentTypeError(f"unknown board {text!r}; boards: {', '.join(BOARDS)}")
+    return text
+
+
+def add_build_arguments(parser):
+    parser.add_argument("--board", metavar="NAME", type=_board_name, required=True,
+                        help="icebreaker, ulx3s-85f or orangecrab-25f")
+    parser.add_argument("--role", choices=("alice", "bob"), required=True, help="the node the board runs")
+    parser.add_argument("-o", "--output", metavar="DIR", default=None,
+                        help="folder for the bitstream and the build files (default: build/BOARD-ROLE)")
+
+
+def run_build(args):
+    from .boards.build import build
+    from .boards.platforms import board as lookup_board
+    from .boards.top import BoardTop
+    from .wire import Role
+    board = lookup_board(args.board)
+    output = Path(args.output or f"build/{args.board}-{args.role}")
+    try:
+        top = BoardTop(board, Role[args.role.upper()])
+    except ValueError as error:
+        raise CLIError(str(error)) from None
+    logger.info("building %s for the %s (%s, %.0f MHz): synthesis, place and route take minutes", args.role,
+                board.name, board.device, top.config.clock_hz / 1e6)
+    report = build(board, top, build_dir=output / "files", name=f"qkdlink-{args.role}")
+    suffix = ".bin" if board.platform.family == "iCE40" else ".bit"
+    bitstream = output / f"qkdlink-{args.role}{suffix}"
+    _write(bitstream, report.bitstream)
+    print(f"{board.name} {args.role}: {bitstream}")
+    for kind, (used, available) in sorted(report.utilization.items()):
+        if used:
+            print(f"  {kind:<16}{used:>8,} of {available:>8,} ({100 * used / available:.0f} %)")
+    for clock, (achieved, constraint) in report.fmax.items():
+        print(f"  clock {clock}: {achieved:.1f} MHz (target {constraint:.1f} MHz)")
+    from .boards.build import TimingError
+    try:
+        report.check_timing()
+    except TimingError as error:
+        raise CLIError(f"{error}; the bitstream may not work (kept in {bitstream})") from None
+
+
+def add_flash_arguments(parser):
+    parser.add_argument("--board", metavar="NAME", type=_board_name, required=True,
+                        help="icebreaker, ulx3s-85f or orangecrab-25f")
+    parser.add_argument("bitstream", metavar="BITSTREAM", help="the file `qkd build` wrote")
+    parser.add_argument("-n", "--dry-run", action="store_true", help="print the command, run nothing")
+
+
+def run_flash(args):
+    from .boards.flash import FlashError, flash
+    try:
+        command = flash(args.board, args.bitstream, dry_run=args.dry_run)
+    except FlashError as error:
+        raise CLIError(str(error)) from None
+    print(" ".join(map(str, command)) if args.dry_run else f"{args.board}: flashed {args.bitstream}")
+
+
+def add_info_arguments(parser):
+    parser.add_argument("url", metavar="URL",
+                        help="the board's serial port (/dev/ttyUSB1), or socket://HOST:PORT for a simulated one")
+    parser.add_argument("--timeout", metavar="SECONDS", type=float, default=1.0,
+                        help="time to wait for each reply (default: %(default)s s)")
+
+
+def run_info(args):
+    from .host.board import Board, BoardError, LinkError
+    try:
+        with Board.open(args.url, timeout=args.timeout) as board:
+            values = board.read_all()
+            print(f"{args.url}: {board.role.name.lower()} on {board.board}, protocol "
+                  f"{values['version'] >> 8}.{values['version'] & 0xff}, {values['clock_hz'] / 1e6:g} MHz, "
+                  f"{board.phases} bins a cycle, frames of 2^{board.frame_bits} slots")
+            for title, writable in (("configuration", True), ("counters and constants", False)):
+                print(f"{title}:")
+                for register in board.registers:
+                    if register.writable == writable:
+                        print(f"  {register.name:<20}{values[register.name]:>12,}  {register.doc}")
+            print("streams:")
+            for stream in board.streams.values():
+                print(f"  {stream.name:<20}{'out' if stream.out else 'in':>4} {board.depth(stream.name):>8,} bytes"
+                      f"  {stream.doc}")
+    except (LinkError, BoardError, OSError) as error:
+        raise CLIError(f"{args.url}: {error}") from None
+
+
+def add_simulate_arguments(parser):
+    parser.add_argument("--port", metavar="PORT", type=int, default=7000,
+                        help="Alice's TCP port; Bob's is the next (default: %(default)s)")
+    parser.add_argument("--model", action="store_true",
+                        help="serve the gateware's Python models instead of the gateware under Verilator")
+    parser.add_argument("-d", "--distance", metavar="KM", type=float, default=5.0,
+                        help="fibre length (default: %(default)s km)")
+    add_link_arguments(parser)
+
+
+def run_simulate(args):
+    from dataclasses import replace
+    from .sim.boardlink import LinkTiming, simulated_link
+    from .sim.serve import serve
+    timing = LinkTiming()
+    bench = replace(_bench(args, args.distance), slot_rate_hz=1e9 / timing.slot_ns)
+    seed = _simulation_seed(args)
+    if not args.model:
+        logger.info("compiling the gateware with Verilator (cached after the first time)")
+    link = simulated_link(bench, timing=timing, seed=seed, rtl=not args.model)
+    try:
+        with serve(lambda: link.endpoint("alice"), port=args.port) as alice, \
+                serve(lambda: link.endpoint("bob"), port=args.port + 1) as bob:
+            print(f"Alice: {alice.url}\nBob:   {bob.url}\n(Ctrl-C to stop)", flush=True)
+            while True:
+                time.sleep(3600)
+    except OSError as error:
+        raise CLIError(f"cannot serve on ports {args.port} and {args.port + 1}: {error.strerror}") from None
+    finally:
+        link.close()
 
 
 # ---------------------------------------------------------------------------------------------- qkd sweep
@@ -524,6 +685,14 @@ OPERATIONS = {
                add_demo_arguments, run_demo),
     "sweep":  ("key rate against distance: simulated link, finite-key model, asymptotic and PLOB bounds",
                add_sweep_arguments, run_sweep),
+    "build":  ("build a board's bitstream and report its resources and clock",
+               add_build_arguments, run_build),
+    "flash":  ("write a bitstream to a board",
+               add_flash_arguments, run_flash),
+    "info":   ("show a board's identity, configuration and counters",
+               add_info_arguments, run_info),
+    "simulate": ("serve a simulated Alice board and Bob board on local TCP ports",
+                 add_simulate_arguments, run_simulate),
 }
 
 

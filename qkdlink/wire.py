@@ -15,6 +15,7 @@ little-endian.
 
 import enum
 from dataclasses import dataclass
+from functools import cached_property
 
 
 __all__ = [
@@ -132,11 +133,11 @@ class Stream:
     fields: tuple
     doc: str
 
-    @property
+    @cached_property
     def beat_bits(self):
         return sum(field.bits for field in self.fields)
 
-    @property
+    @cached_property
     def beat_bytes(self):
         return (self.beat_bits + 7) // 8
 

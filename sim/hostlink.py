@@ -112,11 +112,14 @@ class HostLinkModel:
 
     # The host's side.
 
-    def receive(self, data):
-        """Feed bytes from the host; returns the bytes the board sends back."""
+    def receive(self, data, *, after=None):
+        """Feed bytes from the host; returns the bytes the board sends back. ``after()``, if given, is called after
+        each request (so that what stands behind the streams can take and give data between requests)."""
         out = bytearray()
         for body in self._splitter.feed(data):
             out += frame(encode_reply(self.execute(body)))
+            if after is not None:
+                after()
         return bytes(out)
 
     def execute(self, body):

@@ -57,6 +57,12 @@ class KeyMemoryModel:
         self.bits = np.append(self.bits, np.uint8(bit & 1))
         return True
 
+    def extend(self, bits):
+        """Append ``bits`` in order until the block is full; returns how many were taken."""
+        bits = np.asarray(bits, dtype=np.uint8)[:self.max_bits - self.bits.size] & 1
+        self.bits = np.concatenate([self.bits, bits])
+        return bits.size
+
     def flip(self, index):
         """Invert bit ``index``; an index not below :attr:`count` is refused and counted."""
         if 0 <= index < self.count:

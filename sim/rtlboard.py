@@ -8,9 +8,9 @@ Alice's sync output drives Bob's sync channel. Each node's wire bytes come from 
 which :func:`qkdlink.sim.serve.serve` puts on a TCP socket, so the host's driver talks to the simulated board exactly
 as to a real one.
 
-Time advances in windows while a host talks to either board (until its requests are answered) or when
-:meth:`SimulatedLink.run` is called; both boards always advance together, so Bob sees every pulse and sync Alice
-sends. Random numbers (Alice's sequencer words, Bob's squashing bits, the bench) come from ``seed``: a simulation,
+Time advances in windows, as fast as Verilator runs, from a host's first request until it has been quiet for two
+seconds (and when :meth:`SimulatedLink.run` is called); both boards always advance together, so Bob sees every
+pulse and sync Alice sends. Random numbers (Alice's sequencer words, Bob's squashing bits, the bench) come from ``seed``: a simulation,
 reproducible, not secret.
 
 Simplification: the bench resolves dead time and afterpulses within each window (the detectors start live in every
@@ -18,17 +18,23 @@ window); with windows of many slots the difference is confined to the first slot
 """
 
 import threading
+import time
 
 import numpy as np
 
 from ..numbering import CHANNELS, NOT_SENT, SYNC
 from . import optics
-from .timetagger import sample
+from .timetagger import first_bin_at_or_after, sample
 from .verilator import VerilatedModel, build_library
 
 
 __all__ = ["SimulatedLink", "Endpoint"]
 
+
+# Seconds an exchange waits for the node to answer every request it was sent (a node that does not answer
+# leaves the host to its time-out), and seconds the boards keep running after a host last spoke.
+_PATIENCE = 10.0
+_ACTIVE = 2.0
 
 # Modulator output bits (qkdlink.boards.platforms.MODULATOR_OUTPUTS).
 _BASIS, _BIT, _INTENSITY, _EMIT, _SYNC = 0, 1, 2, 4, 5
@@ -53,6 +59,8 @@ class _Node:
         self.cycles = 0
         self.input = bytearray()
         self.output = bytearray()
+        self.unanswered = 0                     # requests sent to the node and not answered yet
+        self.last_byte = 0
 
 
 class SimulatedLink:
@@ -79,7 +87,7 @@ class SimulatedLink:
     """
 
     def __init__(self, bench, *, alice, bob, seed, bob_ppm=0.0, delay_ns=2e6, pulse_ns=5.0,
-                 window_ns=20_000.0, build_dir=None):
+                 window_ns=5_000.0, build_dir=None):
         from ..gateware.node import AliceNode, BobNode
 
         self.bench = bench
@@ -88,6 +96,9 @@ class SimulatedLink:
         self.window_ns = window_ns
         self.time_ns = 0.0
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._closed = False
+        self._active_until = 0.0
         self._alice = _Node(AliceNode(alice), "alice_node", alice.clock_hz, build_dir)
         self._bob = _Node(BobNode(bob), "bob_node", bob.clock_hz * (1 + bob_ppm * 1e-6), build_dir)
         self._bob_phases = bob.phases
@@ -100,6 +111,8 @@ class SimulatedLink:
         self._pulses = np.zeros(0), np.zeros(0, dtype=np.uint8)     # (times, channels) not yet sampled
         self.sent = 0                           # pulses with light, for the figures
         self.clicks = 0
+        self._runner = threading.Thread(target=self._run, name="simulated-boards", daemon=True)
+        self._runner.start()
 
     def endpoint(self, role):
         """The :class:`Endpoint` of ``"alice"`` or ``"bob"``."""
@@ -108,26 +121,47 @@ class SimulatedLink:
         return Endpoint(self, role)
 
     def run(self, ns):
-        """Advance both boards by ``ns`` nanoseconds with no host traffic."""
+        """Advance both boards by ``ns`` nanoseconds now (they also run by themselves while a host talks)."""
         with self._lock:
             end = self.time_ns + ns
             while self.time_ns < end:
                 self._advance(min(self.window_ns, end - self.time_ns))
 
     def close(self):
+        with self._lock:
+            self._closed = True
+            self._wake.notify_all()
+        self._runner.join()
         for node in (self._alice, self._bob):
             node.model.close()
+
+    def _run(self):
+        """Keep time going, as real boards do, while a host has talked to either board in the last seconds."""
+        while True:
+            with self._lock:
+                if self._closed:
+                    return
+                if time.monotonic() > self._active_until:
+                    self._wake.wait(1.0)
+                    continue
+                self._advance(self.window_ns)
+                self._wake.notify_all()
+            time.sleep(0)                   # let a waiting exchange have the lock
 
     def _exchange(self, role, data):
         node = self._alice if role == "alice" else self._bob
         with self._lock:
             node.input += data
-            quiet = 0
-            # Until the request bytes are taken and a whole window passes with nothing more to say.
-            while node.input or quiet < 2:
-                before = len(node.output)
-                self._advance(self.window_ns)
-                quiet = 0 if len(node.output) != before else quiet + 1
+            # Every non-empty frame gets one reply, which ends in the only zero byte it has.
+            received = np.frombuffer(data, dtype=np.uint8)
+            previous = np.concatenate([[node.last_byte], received[:-1]]) if received.size else received
+            node.unanswered += int(np.count_nonzero((received == 0) & (previous != 0)))
+            node.last_byte = received[-1] if received.size else node.last_byte
+            deadline = time.monotonic() + _PATIENCE
+            while (node.input or node.unanswered > 0) and time.monotonic() < deadline:
+                self._active_until = time.monotonic() + _ACTIVE
+                self._wake.notify_all()
+                self._wake.wait(0.1)
             answer = bytes(node.output)
             node.output.clear()
             return answer
@@ -159,6 +193,7 @@ class SimulatedLink:
         taken, produced, recorded = node.model.step(cycles, sinks=sinks, **kwargs)
         del node.input[:taken["i_bytes"]]
         node.output += produced["o_bytes"].astype(np.uint8).tobytes()
+        node.unanswered -= int(np.count_nonzero(produced["o_bytes"] == 0))
         start = node.cycles
         node.cycles += cycles
         return start, cycles, taken, recorded
@@ -186,15 +221,18 @@ class SimulatedLink:
             self._frame_cycles.append(piece_cycles)
         if sum(piece.size for piece in self._frame) == self._frame_slots:
             self._finish_frame(times, channels)
+        if len(times) > 1:
+            drawn = np.concatenate(times[1:])
+            if first_bin_at_or_after(drawn - bob.cycles * bob.clock_ns, bob.clock_ns, self._bob_phases).min() < 0:
+                raise RuntimeError(f"a frame's light reaches Bob before it was drawn: the delay of {self.delay_ns} "
+                                   f"ns must exceed a frame's duration")
         times, channels = np.concatenate(times), np.concatenate(channels)
-        if times.size and times.min() < bob.cycles * bob.clock_ns:
-            raise RuntimeError(f"a frame's light reaches Bob before it was drawn: the delay of {self.delay_ns} ns "
-                               f"must exceed a frame's duration")
 
         # Bob: the pulses that start before the end of his window; the rest wait for the next.
         bob_start_ns = bob.cycles * bob.clock_ns
         cycles = int(end_ns / bob.clock_ns) - bob.cycles
-        now = times < bob_start_ns + cycles * bob.clock_ns
+        # A pulse is sampled in this window if its rising edge falls on one of the window's bins.
+        now = first_bin_at_or_after(times - bob_start_ns, bob.clock_ns, self._bob_phases) < cycles * self._bob_phases
         samples = np.zeros(cycles, dtype=np.uint64)
         for channel in range(len(CHANNELS)):
             mine = now & (channels == channel)

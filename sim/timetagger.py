@@ -24,7 +24,7 @@ from amaranth.sim import Simulator
 from ..gateware.timetagger import TimeTagger
 
 
-__all__ = ["Tags", "BenchSamples", "sample", "tag", "bench_samples", "estimate_ns", "timestamp_errors",
+__all__ = ["Tags", "BenchSamples", "first_bin_at_or_after", "sample", "tag", "bench_samples", "estimate_ns", "timestamp_errors",
            "run_gateware"]
 
 
@@ -37,7 +37,7 @@ def _check(channels, phases):
         raise ValueError(f"a sample word holds at most 64 bits, not {channels} channels x {phases} phases")
 
 
-def _first_bin_at_or_after(times, clock_ns, phases):
+def first_bin_at_or_after(times, clock_ns, phases):
     """For each time, the smallest bin ``b`` with ``(b * clock_ns) / phases >= time`` (float64 throughout)."""
     times = np.asarray(times, dtype=np.float64)
     bins = np.ceil(times * phases / clock_ns).astype(np.int64)
@@ -83,8 +83,8 @@ def sample(times_ns, channel, *, channels, phases, clock_ns, pulse_ns, cycles):
         raise ValueError(f"clock_ns and pulse_ns must be positive, not {clock_ns!r} and {pulse_ns!r}")
     times = np.asarray(times_ns, dtype=np.float64).ravel()
     total = cycles * phases
-    start = np.clip(_first_bin_at_or_after(times, clock_ns, phases), 0, total)
-    end = np.clip(_first_bin_at_or_after(times + pulse_ns, clock_ns, phases), 0, total)
+    start = np.clip(first_bin_at_or_after(times, clock_ns, phases), 0, total)
+    end = np.clip(first_bin_at_or_after(times + pulse_ns, clock_ns, phases), 0, total)
     depth = np.zeros(total + 1, dtype=np.int64)
     np.add.at(depth, start, 1)
     np.add.at(depth, end, -1)

@@ -166,7 +166,10 @@ def build_library(component, name, *, build_dir=None):
     verilator = Path(os.environ["VERILATOR_ROOT"]) / "bin" / "verilator"
     command = [str(verilator), "--cc", "--exe", "--build", "-j", "2", "--top-module", name,
                "-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3", "--x-assign", "fast", "--x-initial", "fast",
-               "-CFLAGS", "-fPIC -O2", "-LDFLAGS", "-shared", "-o", f"lib{name}.so",
+               "-CFLAGS", "-fPIC", "-CFLAGS", "-O2", "-LDFLAGS", "-shared", "-o", f"lib{name}.so",
+               # The wheel's verilated.mk lacks the compiler's include flag for precompiled headers, which a
+               # design large enough to be split into several files needs.
+               "-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include",
                "--Mdir", "obj", f"{name}.v", "stepper.cpp"]
     result = subprocess.run(command, cwd=work, capture_output=True, text=True)
     if result.returncode != 0:
