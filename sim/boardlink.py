@@ -135,7 +135,7 @@ def _config(timing):
     from ..gateware.node import NodeConfig
 
     config = NodeConfig()
-    depths = {**config.depths, "lookups": 1 << 15, "matches": 1 << 14, "test": 1 << 14, "detections": 1 << 16,
+    depths = {**config.depths, "lookups": 1 << 15, "matches": 1 << 14, "test": 1 << 14, "detections": 1 << 15,
               "answers": 1 << 14, "key_words": 1 << 14}
     return replace(config, board="sim", clock_hz=int(timing.clock_hz), baud=0, phases=timing.phases,
                    frame_bits=timing.frame_bits, choice_frames=16, key_bits=1 << 18, event_depth=1024,
