@@ -84,6 +84,14 @@ def _read_key(board, count, *, timeout):
     return unpack_bits(data, count)
 
 
+def _sifted(board, key_intensity, test, *, timeout):
+    """The block's :class:`SiftedBlock` from the batches' key intensities and test beats and the board's key."""
+    key_intensity = np.concatenate(key_intensity) if key_intensity else np.zeros(0, np.uint8)
+    test, test_intensity = [np.concatenate(column) for column in zip(*test)] or [np.zeros(0, np.uint8)] * 2
+    key = _read_key(board, key_intensity.size, timeout=timeout)
+    return SiftedBlock(key=key, key_intensity=key_intensity, test=test, test_intensity=test_intensity)
+
+
 class BoardChoices:
     """Alice's choice memory on ``board``: lookups, matches and test bits over the link, the raw key in the board's
     key memory. One instance per block; frames are freed as Bob reports them complete.
@@ -133,11 +141,7 @@ class BoardChoices:
         return bases, intensities
 
     def sifted(self):
-        key_intensity = np.concatenate(self._key_intensity) if self._key_intensity else np.zeros(0, np.uint8)
-        test, test_intensity = ([np.concatenate(column) for column in zip(*self._test)] or
-                                [np.zeros(0, np.uint8)] * 2)
-        key = _read_key(self.board, key_intensity.size, timeout=self.timeout)
-        return SiftedBlock(key=key, key_intensity=key_intensity, test=test, test_intensity=test_intensity)
+        return _sifted(self.board, self._key_intensity, self._test, timeout=self.timeout)
 
 
 class BoardDetections:
@@ -218,11 +222,7 @@ class BoardDetections:
         self._key_intensity.append(intensities[match & (bases == Z)])
 
     def sifted(self):
-        key_intensity = np.concatenate(self._key_intensity) if self._key_intensity else np.zeros(0, np.uint8)
-        test, test_intensity = ([np.concatenate(column) for column in zip(*self._test)] or
-                                [np.zeros(0, np.uint8)] * 2)
-        key = _read_key(self.board, key_intensity.size, timeout=self.timeout)
-        return SiftedBlock(key=key, key_intensity=key_intensity, test=test, test_intensity=test_intensity)
+        return _sifted(self.board, self._key_intensity, self._test, timeout=self.timeout)
 
 
 def start(board):

@@ -406,6 +406,16 @@ def _write_keys(directory, blocks):
         _write(Path(directory) / f"{side}.json", json.dumps(records, indent=1).encode())
 
 
+def _report_blocks(args, blocks, pulses, asymptotic, plob):
+    for block in blocks:
+        _print_block(block, pulses, asymptotic, plob)
+    _write_keys(args.output, blocks)
+    kept = sum(block.keys_equal for block in blocks)
+    logger.info("%d of %d blocks gave a key; keys and figures in %s/", kept, len(blocks), args.output)
+    if any(not block.alice.aborted and not block.keys_equal for block in blocks):
+        raise CLIError("Alice and Bob hold different keys: this is a bug, please report it")
+
+
 def run_demo(args):
     if args.boards != "none":
         return _run_board_demo(args)
@@ -423,13 +433,7 @@ def run_demo(args):
         blocks = run_link(bench, settings, pulses=pulses, blocks=args.blocks, seed=seed, progress=progress)
     finally:
         progress.close()
-    for block in blocks:
-        _print_block(block, pulses, asymptotic, plob)
-    _write_keys(args.output, blocks)
-    kept = sum(block.keys_equal for block in blocks)
-    logger.info("%d of %d blocks gave a key; keys and figures in %s/", kept, len(blocks), args.output)
-    if any(not block.alice.aborted and not block.keys_equal for block in blocks):
-        raise CLIError("Alice and Bob hold different keys: this is a bug, please report it")
+    _report_blocks(args, blocks, pulses, asymptotic, plob)
 
 
 def _run_board_demo(args):
@@ -453,13 +457,7 @@ def _run_board_demo(args):
         raise CLIError(str(error)) from None
     finally:
         progress.close()
-    for block in blocks:
-        _print_block(block, pulses, asymptotic, plob)
-    _write_keys(args.output, blocks)
-    kept = sum(block.keys_equal for block in blocks)
-    logger.info("%d of %d blocks gave a key; keys and figures in %s/", kept, len(blocks), args.output)
-    if any(not block.alice.aborted and not block.keys_equal for block in blocks):
-        raise CLIError("Alice and Bob hold different keys: this is a bug, please report it")
+    _report_blocks(args, blocks, pulses, asymptotic, plob)
 
 
 # ---------------------------------------------------------------------------------------------- boards
