@@ -82,13 +82,6 @@ def dfu_suffix(bitstream, *, vendor=ORANGECRAB_DFU_ID[0], product=ORANGECRAB_DFU
     return body + struct.pack("<I", zlib.crc32(body) ^ 0xFFFFFFFF)
 
 
-def _board(board):
-    if isinstance(board, Board):
-        return board
-    if isinstance(board, str):
-        return lookup_board(board)
-    raise TypeError(f"Board must be a Board or a board name, not {board!r}")
-
 
 def _command(board, bitstream):
     """``(tool, arguments after the tool's path, hint when it fails)`` for ``board``."""
@@ -113,7 +106,7 @@ def _command(board, bitstream):
 def flash_command(board, bitstream_path):
     """The command :func:`flash` runs for ``board`` (a :class:`Board` or its name), as a list; the tool's name
     stands for its path when it is not installed."""
-    board = _board(board)
+    board = lookup_board(board)
     tool, arguments, _ = _command(board, bitstream_path)
     return [_find(tool) or tool.name, *arguments]
 
@@ -125,7 +118,7 @@ def flash(board, bitstream_path, *, dry_run=False):
     :class:`FlashError` if the bitstream is missing, the tool is not installed, or the tool fails; the message says
     why (the tool's own error output) and what to check.
     """
-    board = _board(board)
+    board = lookup_board(board)
     bitstream_path = Path(bitstream_path)
     if dry_run:
         return flash_command(board, bitstream_path)

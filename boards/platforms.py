@@ -271,7 +271,12 @@ BOARDS = {
 
 
 def board(name):
-    """The :class:`Board` called ``name``; raises :class:`ValueError` listing the known ones."""
+    """The :class:`Board` called ``name`` (a :class:`Board` is returned as it is); raises :class:`ValueError`
+    listing the known ones, :class:`TypeError` for anything but a name or a Board."""
+    if isinstance(name, Board):
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"Board must be a Board or a board name, not {name!r}")
     try:
         return BOARDS[name]
     except KeyError:

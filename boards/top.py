@@ -54,13 +54,6 @@ _TICK_TAPS = (15, 14, 12, 3)            # x^16 + x^15 + x^13 + x^4 + 1
 _ACTIVITY_TICKS = 16
 
 
-def _board(board):
-    if isinstance(board, Board):
-        return board
-    if isinstance(board, str):
-        return lookup_board(board)
-    raise TypeError(f"Board must be a Board or a board name, not {board!r}")
-
 
 def sync_frequency(board, role):
     """The ``sync`` frequency in Hz that the PLL of ``board`` reaches for ``role`` (near ``board.frequency``)."""
@@ -74,7 +67,7 @@ def sync_frequency(board, role):
 
 def node_config(board, role):
     """The :class:`qkdlink.gateware.node.NodeConfig` of ``role`` on ``board`` (a :class:`Board` or its name)."""
-    board = _board(board)
+    board = lookup_board(board)
     role = Role(role)
     return NodeConfig(
         board=board.name, clock_hz=round(sync_frequency(board, role)), baud=board.baud, phases=board.phases,
@@ -97,7 +90,7 @@ def memory_blocks(board, role):
     The figures are those of the memories the node's cores declare, mapped to the family's block RAM shapes; the
     place-and-route report is the final word.
     """
-    board = _board(board)
+    board = lookup_board(board)
     role = Role(role)
     family = board.family
     config = node_config(board, role)
@@ -130,7 +123,7 @@ def check_fit(board, role):
     """Raise :class:`ValueError` if ``role`` on ``board`` cannot fit its device: a key block larger than the
     Toeplitz core takes, a ring that is not a power of two, or memories beyond the device's block RAM (or, on the
     UP5K, its four SPRAMs), with the figures of each."""
-    board = _board(board)
+    board = lookup_board(board)
     role = Role(role)
     where = f"{board.name} ({board.device}), {role.name.lower()}"
     if board.key_bits > board.max_block:
@@ -172,7 +165,7 @@ class BoardTop(Elaboratable):
     """
 
     def __init__(self, board, role):
-        self.board = board = _board(board)
+        self.board = board = lookup_board(board)
         self.role = role = Role(role)
         check_fit(board, role)
         self.config = node_config(board, role)

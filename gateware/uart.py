@@ -42,7 +42,20 @@ def _check_divisor(divisor):
         raise ValueError(f"Divisor must be at least 4, not {divisor!r}")
 
 
-class UARTRx(wiring.Component):
+class _Serial(wiring.Component):
+    """What both directions share: ``divisor`` clock cycles a bit."""
+
+    def __init__(self, *, divisor):
+        _check_divisor(divisor)
+        self._divisor = divisor
+        super().__init__()
+
+    @property
+    def divisor(self):
+        return self._divisor
+
+
+class UARTRx(_Serial):
     """UART receiver.
 
     A falling edge of the line starts a byte. The line is checked again ``divisor // 2`` cycles later, near the
@@ -72,15 +85,6 @@ class UARTRx(wiring.Component):
     o:        Out(stream.Signature(8))
     error:    Out(1)
     overflow: Out(1)
-
-    def __init__(self, *, divisor):
-        _check_divisor(divisor)
-        self._divisor = divisor
-        super().__init__()
-
-    @property
-    def divisor(self):
-        return self._divisor
 
     def elaborate(self, platform):
         m = Module()
@@ -134,7 +138,7 @@ class UARTRx(wiring.Component):
         return m
 
 
-class UARTTx(wiring.Component):
+class UARTTx(_Serial):
     """UART transmitter.
 
     Each byte taken from ``i`` goes out as a start bit, its eight bits least significant first and a stop bit, each
@@ -156,15 +160,6 @@ class UARTTx(wiring.Component):
 
     i:  In(stream.Signature(8))
     tx: Out(1, init=1)
-
-    def __init__(self, *, divisor):
-        _check_divisor(divisor)
-        self._divisor = divisor
-        super().__init__()
-
-    @property
-    def divisor(self):
-        return self._divisor
 
     def elaborate(self, platform):
         m = Module()
