@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import toolchain
-from .platforms import Board, board as lookup_board
+from .platforms import board as lookup_board
 
 
 __all__ = ["FlashError", "flash", "flash_command", "dfu_suffix", "ORANGECRAB_DFU_ID"]
