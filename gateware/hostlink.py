@@ -321,16 +321,21 @@ class HostLink(wiring.Component):
 
         # ---- Memories of the engine: the entries (read in order from `at`), the scratch memory (at `sa`), the
         # narrow offsets (`table`: low of stream i at 2 * i, high at 2 * i + 1).
+        # Both memories' read data go through a register before the engine uses them, so that no logic follows the
+        # block RAM's slow output (5.8 ns of a 10 ns cycle on the ECP5-85F): a byte comes two cycles after its
+        # address.
         at = Signal(range(MAX_BODY + 3))                    # position in the entry: header 0-1, body from 2
         m.d.comb += rx_read.addr.eq(entry + at)
-        rx_data = rx_read.data
+        rx_data = Signal(8)
+        m.d.sync += rx_data.eq(rx_read.data)
 
         m.submodules.scratch = scratch = Memory(shape=8, depth=scratch_depth, init=init)
         scratch_read = scratch.read_port()
         scratch_write = scratch.write_port()
         sa = Signal(range(scratch_depth), init=clear_start)
         m.d.comb += [scratch_read.addr.eq(sa), scratch_write.addr.eq(sa)]
-        scratch_data = scratch_read.data
+        scratch_data = Signal(8)
+        m.d.sync += scratch_data.eq(scratch_read.data)
 
         start_narrow = self._initial_offset % (1 << narrow)
         # Small enough that synthesis would build it of flip-flops unless told otherwise.
@@ -378,16 +383,16 @@ class HostLink(wiring.Component):
             base.eq(stream_base + (number << 3)),
         ]
 
+        # These differences are registered, so each is up to date one cycle after its operands (the states that
+        # use them wait for that): two carry chains in a row already fill a cycle of a full UP5K.
         e_narrow = e_low[:narrow]
-        remaining = Signal(narrow + 1)  # level - x[:narrow]; its top bit is set when x[:narrow] > level
         level = Signal(narrow)      # out stream: high - low; during a sync: the advance since the last one
-        used_in = Signal(narrow)    # in stream: high - low
-        free = Signal(narrow + 1)
-        m.d.comb += [
+        remaining = Signal(narrow + 1)  # level - x[:narrow]; its top bit is set when x[:narrow] > level
+        free = Signal(narrow + 1)   # in stream: depth - (high - low)
+        m.d.sync += [
             level.eq((snapshot - e_narrow) & mask),
-            used_in.eq((e_narrow - snapshot) & mask),
-            free.eq(depth - used_in),
-            remaining.eq(level - x[:narrow]),
+            remaining.eq(((snapshot - e_narrow) & mask) - x[:narrow]),
+            free.eq(depth - ((e_narrow - snapshot) & mask)),
         ]
 
         # Datapath controls, set by the engine's states.
@@ -637,31 +642,40 @@ class HostLink(wiring.Component):
             """x <- x >> 8 | byte << 24, k + 1 times: bytes of the entry from `at`, of the scratch memory from
             `sa`, or the first minus the second (`minus`); each pointer ends on the byte after the last. With
             `keep_low` the first two scratch bytes also go into e_low; with `shadow` each entry byte is also
-            written, masked, into the scratch memory at `sa`."""
+            written, masked, into the scratch memory at `sa`.
+
+            The pointers run two bytes ahead of the byte being used (the reads' latency) and stop on the byte
+            after the last."""
+            def step(more):
+                with m.If(more):
+                    if rx:
+                        m.d.sync += at.eq(at + 1)
+                    if scratch:
+                        m.d.sync += sa.eq(sa + 1)
+
             with m.State(f"{name}_PRIME"):
                 m.d.sync += borrow.eq(0)
-                if rx:
-                    m.d.sync += at.eq(at + 1)
-                if scratch:
-                    m.d.sync += sa.eq(sa + 1)
+                step(True)
+                m.next = f"{name}_WAIT"
+            with m.State(f"{name}_WAIT"):
+                step(k != 0)
                 m.next = name
             with m.State(name):
                 m.d.comb += [shift_x.eq(1), from_scratch.eq(not rx), subtract.eq(minus),
                              capture.eq(keep_low & k[1]), scratch_shadow.eq(shadow)]
                 if shadow:
                     m.d.sync += sa.eq(sa + 1)
+                step(k > 1)
                 with m.If(k == 0):
                     m.next = then
                 with m.Else():
                     m.d.sync += k.eq(k - 1)
-                    if rx:
-                        m.d.sync += at.eq(at + 1)
-                    if scratch:
-                        m.d.sync += sa.eq(sa + 1)
 
         def add_word(name, then):
             """The 32-bit word of the scratch memory at `sa` += `addend` (with `carry` 0 and `k` 3 set before)."""
             with m.State(f"{name}_READ"):
+                m.next = f"{name}_WAIT"
+            with m.State(f"{name}_WAIT"):
                 m.next = f"{name}_WRITE"
             with m.State(f"{name}_WRITE"):
                 m.d.comb += scratch_add.eq(1)
@@ -819,7 +833,9 @@ class HostLink(wiring.Component):
                 m.d.sync += [sa.eq(own_word), k.eq(3)]
                 m.next = "FIRST_PRIME"
             # x = ack - low (READ_STREAM) or offset - high (WRITE_STREAM); e_low = low or high.
-            load("FIRST", then="FIRST_CHECK", scratch=True, minus=True, keep_low=True)
+            load("FIRST", then="FIRST_SETTLE", scratch=True, minus=True, keep_low=True)
+            with m.State("FIRST_SETTLE"):
+                m.next = "FIRST_CHECK"
             with m.State("FIRST_CHECK"):
                 with m.If(reading):
                     m.d.sync += [sa.eq(own_word), k.eq(3)]
@@ -849,7 +865,9 @@ class HostLink(wiring.Component):
                         reply(Status.OFFSET)
 
             # READ_STREAM: x = offset - old low. The offset must lie between the new low and high.
-            load("SECOND", then="SECOND_CHECK", scratch=True, minus=True)
+            load("SECOND", then="SECOND_SETTLE", scratch=True, minus=True)
+            with m.State("SECOND_SETTLE"):
+                m.next = "SECOND_CHECK"
             with m.State("SECOND_CHECK"):
                 with m.If((x[narrow:] != 0) | (x[:narrow] < moved) | remaining[narrow]):
                     reply(Status.OFFSET)
@@ -872,14 +890,18 @@ class HostLink(wiring.Component):
             # WRITE_STREAM: the data go into the ring at high.
             with m.State("COPY_PRIME"):
                 m.d.sync += at.eq(at + 1)
+                m.next = "COPY_WAIT"
+            with m.State("COPY_WAIT"):
+                with m.If(count != 1):
+                    m.d.sync += at.eq(at + 1)
                 m.next = "COPY"
             with m.State("COPY"):
                 m.d.comb += ring_write.eq(1)
                 m.d.sync += [pointer.eq(pointer + 1), count.eq(count - 1)]
+                with m.If(count > 2):
+                    m.d.sync += at.eq(at + 1)
                 with m.If(count == 1):
                     m.next = "COPY_DONE"
-                with m.Else():
-                    m.d.sync += at.eq(at + 1)
             with m.State("COPY_DONE"):
                 m.d.comb += [table_write.addr.eq(Cat(1, number)), table_write.data.eq(pointer),
                              table_write.en.eq(1)]

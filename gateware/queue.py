@@ -1,4 +1,5 @@
-"""A FIFO between a producer that cannot stall and a consumer that can, counting what it has to drop."""
+"""Stream stages: a FIFO between a producer that cannot stall and a consumer that can, counting what it has to drop;
+and a register slice that cuts the combinational paths between two cores."""
 
 from amaranth import *
 from amaranth.lib import stream, wiring
@@ -6,7 +7,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 
-__all__ = ["EventQueue"]
+__all__ = ["EventQueue", "RegisterSlice"]
 
 
 class EventQueue(wiring.Component):
@@ -115,4 +116,40 @@ class EventQueue(wiring.Component):
             m.d.sync += self.o.valid.eq(loaded)
             with m.If(loaded):
                 m.d.sync += payload.eq(r_port.data)
+        return m
+
+
+class RegisterSlice(wiring.Component):
+    """One stage of a stream, registered both ways: ``o.valid``, ``o.payload`` and ``i.ready`` all come from
+    flip-flops, so that the consumer's ``ready`` logic and the producer's ``valid`` logic never meet in one cycle.
+
+    A beat a cycle goes through; each takes a cycle. A second register (the skid) catches the beat that arrives
+    in the cycle the consumer stops, since ``i.ready`` can only fall a cycle later.
+
+    Parameters
+    ----------
+    shape : shape-castable
+        The payload of both streams.
+
+    Members
+    -------
+    i : In(stream.Signature(shape))
+    o : Out(stream.Signature(shape))
+    """
+
+    def __init__(self, shape):
+        super().__init__({"i": In(stream.Signature(shape)), "o": Out(stream.Signature(shape))})
+
+    def elaborate(self, platform):
+        m = Module()
+        skid = Signal.like(self.i.payload)
+        skid_valid = Signal()
+        m.d.comb += self.i.ready.eq(~skid_valid)
+        with m.If(~self.o.valid | self.o.ready):
+            with m.If(skid_valid):
+                m.d.sync += [self.o.payload.eq(skid), self.o.valid.eq(1), skid_valid.eq(0)]
+            with m.Else():
+                m.d.sync += [self.o.payload.eq(self.i.payload), self.o.valid.eq(self.i.valid)]
+        with m.Elif(self.i.valid & ~skid_valid):
+            m.d.sync += [skid.eq(self.i.payload), skid_valid.eq(1)]
         return m
