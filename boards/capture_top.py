@@ -147,8 +147,9 @@ def _settings(m, platform, layout):
 class BobCaptureTop(Elaboratable):
     """Bob's capture path on ``board`` (a :class:`qkdlink.boards.platforms.Board`).
 
-    The ``detectors`` pins go through the board's sampler (:class:`~qkdlink.gateware.sampler.DDRSampler` on the
-    iCE40, two samples a cycle; :class:`~qkdlink.gateware.sampler.ECP5GearboxSampler` on the ECP5, four) into a
+    The ``detectors`` pins go through the board's sampler (:attr:`Board.phases` says which:
+    :class:`~qkdlink.gateware.sampler.DDRSampler`, two samples a cycle, or
+    :class:`~qkdlink.gateware.sampler.ECP5GearboxSampler`, four) into a
     five-channel :class:`~qkdlink.gateware.timetagger.TimeTagger`. Its events feed the
     :class:`~qkdlink.gateware.slots.SlotAssigner`, whose detections are queued
     (:class:`~qkdlink.gateware.queue.EventQueue`) and squashed (:class:`~qkdlink.gateware.slots.Squasher`, random
@@ -185,7 +186,7 @@ class BobCaptureTop(Elaboratable):
         settings = _settings(m, platform, self.SETTINGS)
 
         pins = platform.request("detectors", 0, dir="-")
-        if platform.family == "ecp5":
+        if board.phases == 4:
             add_gearbox_domains(m, platform, board.frequency)
             m.submodules.sampler = sampler = ECP5GearboxSampler(pins)
         else:

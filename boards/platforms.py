@@ -181,6 +181,8 @@ class Board:
         The Toeplitz core's accumulator in the board top (:class:`qkdlink.boards.top.BoardTop`), which shares the
         device with the capture path and the host link; ``toeplitz_accumulator`` is the core's size alone on the
         device (``boards/toeplitz_top.py``).
+    unsupported : dict of str to str
+        The roles (``"alice"``, ``"bob"``) the device cannot hold, each with the reason (the build error says it).
     """
     name: str
     platform: type
@@ -197,6 +199,7 @@ class Board:
     node_toeplitz_accumulator: int
     depths: dict = field(default_factory=dict)
     baud: int = 3_000_000
+    unsupported: dict = field(default_factory=dict)
 
     @property
     def device(self):
@@ -247,7 +250,11 @@ BOARDS = {
               # hold leaves it far slower than the host's hash; it serves tests and small blocks.
               phases=2, node_toeplitz_accumulator=16,
               # One 4-kbit block RAM (512 bytes) per ring, two for the busiest.
-              depths=_depths(512, detections=1024, lookups=1024, key_words=1024)),
+              depths=_depths(512, detections=1024, lookups=1024, key_words=1024),
+              # Synthesis puts Bob's node at 5217 LUTs and 1848 carries, about 7200 logic cells when placed (the
+              # time-tagger, slot assigner and their queues alone take 78 % of the device).
+              unsupported={"bob": "Bob's node needs about 7200 logic cells and the UP5K has 5280; run Bob on an "
+                                  "ECP5 board (ulx3s-85f, orangecrab-25f) and Alice on this one"}),
         # ECP5-85F: 84k LUTs, 208 18-kbit block RAMs (DP16KD). Alice's choices (4 frames of 2^15 slots) take 32,
         # the key block 16, Bob's queues and detection memory 10. Deeper memories take several blocks per bit,
         # whose output multiplexer does not meet 100 MHz unregistered: 8 frames of choices reach 86 MHz, and a

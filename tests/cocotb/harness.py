@@ -17,7 +17,7 @@ from amaranth.lib import data
 from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from qkdlink.sim.verilator import convert
+from qkdlink.sim.verilator import VERILATOR_PCH_FLAGS, convert
 
 
 def run(tmp_path, component, *, toplevel, test_module, env=None):
@@ -32,7 +32,7 @@ def run(tmp_path, component, *, toplevel, test_module, env=None):
     runner = get_runner(os.getenv("SIM", "verilator"))
     # Amaranth's generated Verilog is not written to Verilator's lint rules (widths, incomplete cases).
     runner.build(sources=[source], hdl_toplevel=toplevel, build_dir=build_dir,
-                 build_args=["-Wno-fatal", "-Wno-lint", "-Wno-style"],
+                 build_args=["-Wno-fatal", "-Wno-lint", "-Wno-style", *VERILATOR_PCH_FLAGS],
                  waves=bool(int(os.getenv("WAVES", "0"))))
     return runner.test(hdl_toplevel=toplevel, test_module=test_module, build_dir=build_dir,
                        test_dir=Path(__file__).parent, extra_env=env or {},
