@@ -525,8 +525,11 @@ class HostLink(wiring.Component):
                 with m.If(cur == i):
                     m.d.comb += [cur_valid.eq(port.valid),
                                  out_byte.eq(beat.word_select(byte, 8) if s.beat_bytes > 1 else beat)]
+                # Registered before the streams' multiplexer, like the engine's other memories.
+                ring_byte = Signal(8, name=f"{s.name}_byte")
+                m.d.sync += ring_byte.eq(read.data)
                 with m.If(number == i):
-                    m.d.comb += ring_data.eq(read.data)
+                    m.d.comb += ring_data.eq(ring_byte)
             else:
                 port = getattr(self, f"o_{s.name}")
                 taken = Signal(name=f"{s.name}_taken")
@@ -920,7 +923,7 @@ class HostLink(wiring.Component):
             add_word("BAD", then="TX_START")
 
             # Memory reads below are used only once the previous reply byte has gone through the CRC, at least
-            # nine cycles after their address was set.
+            # nine cycles after their address was set (their data come two cycles after it).
             with m.State("TX_START"):
                 m.d.comb += tx_crc.start.eq(1)
                 m.d.sync += k.eq(0)
