@@ -149,7 +149,11 @@ class Board:
     platform : type
         The Amaranth platform class.
     frequency : float
-        Target ``sync`` clock in Hz; nextpnr must meet it.
+        Target ``sync`` clock in Hz of the cores alone on the device (the capture path of ``boards/capture_top.py``,
+        the Toeplitz core of ``boards/toeplitz_top.py``); nextpnr must meet it.
+    node_frequency : float
+        Target ``sync`` clock in Hz of the whole node (:class:`qkdlink.boards.top.BoardTop`): lower where the node
+        fills the device or its slowest speed grade (``None``: ``frequency``).
     toeplitz_width, toeplitz_accumulator : int
         :class:`qkdlink.gateware.toeplitz.ToeplitzHash` parameters that fit the device.
     max_block : int
@@ -200,6 +204,11 @@ class Board:
     depths: dict = field(default_factory=dict)
     baud: int = 3_000_000
     unsupported: dict = field(default_factory=dict)
+    node_frequency: float = None
+
+    def __post_init__(self):
+        if self.node_frequency is None:
+            object.__setattr__(self, "node_frequency", self.frequency)
 
     @property
     def device(self):
@@ -249,6 +258,9 @@ BOARDS = {
               # Its seed comes over the UART (n + A bits a pass, m / A passes), so any accumulator the UP5K could
               # hold leaves it far slower than the host's hash; it serves tests and small blocks.
               phases=2, node_toeplitz_accumulator=16,
+              # The node fills 96 % of the UP5K, where routing alone takes 2-3 ns a LUT level: it reached 27-28 MHz
+              # at a 48 MHz target. 24 MHz is twice the oscillator and 8 cycles a bit of 3 Mbaud.
+              node_frequency=24e6,
               # One 4-kbit block RAM (512 bytes) per ring, two for the busiest.
               depths=_depths(512, detections=1024, lookups=1024, key_words=1024),
               # Synthesis puts Bob's node at 5217 LUTs and 1848 carries, about 7200 logic cells when placed (the
@@ -263,6 +275,10 @@ BOARDS = {
               toeplitz_width=4, toeplitz_accumulator=4096, max_block=1 << 18,
               frame_bits=15, choice_frames=4, key_bits=1 << 18, event_depth=1024, detection_depth=1 << 14,
               phases=4, node_toeplitz_accumulator=4096,
+              # Speed grade 6: the whole node reached 70-83 MHz at a 100 MHz target, its host link's byte engine
+              # being the slowest part. 75 MHz is three times the oscillator and 25 cycles a bit of 3 Mbaud; Bob's
+              # gearboxes then take 3.3 ns bins.
+              node_frequency=75e6,
               depths=_depths(2048, tags=8192, detections=8192, lookups=8192, key_words=8192)),
         # ECP5-25F: 24k LUTs, 56 DP16KD, speed grade 8. Alice's choices (3 frames of 2^15 slots) take 24 DP16KD,
         # the key block 8, each ring of 2048 bytes one (two for 4096): 46 in all; Bob's take 29. The Toeplitz core

@@ -48,7 +48,7 @@ _RAM_SHAPES = {
 _LINK_RX_BYTES = 1024
 
 # The activity LED stays lit for 16 ticks after a byte; a tick is a period of a 16-bit maximal LFSR (65535 cycles,
-# 1.4 ms at 48 MHz), which needs no carry chain: a long counter's chain, split up on a full UP5K, ran at 26 MHz.
+# 2.7 ms at 24 MHz), which needs no carry chain: a long counter's chain, split up on a full UP5K, ran at 26 MHz.
 _TICK_LFSR_BITS = 16
 _TICK_TAPS = (15, 14, 12, 3)            # x^16 + x^15 + x^13 + x^4 + 1
 _ACTIVITY_TICKS = 16
@@ -56,13 +56,14 @@ _ACTIVITY_TICKS = 16
 
 
 def sync_frequency(board, role):
-    """The ``sync`` frequency in Hz that the PLL of ``board`` reaches for ``role`` (near ``board.frequency``)."""
+    """The ``sync`` frequency in Hz that the PLL of ``board`` reaches for ``role``, near
+    ``board.node_frequency``."""
     reference = board.platform().default_clk_frequency
     if Role(role) is Role.BOB and board.phases == 4:
-        return ecp5_pll_settings(reference, 2 * board.frequency)[3] / 2
+        return ecp5_pll_settings(reference, 2 * board.node_frequency)[3] / 2
     if board.family == "iCE40":
-        return ice40_pll_settings(reference, board.frequency)[3]
-    return ecp5_pll_settings(reference, board.frequency)[3]
+        return ice40_pll_settings(reference, board.node_frequency)[3]
+    return ecp5_pll_settings(reference, board.node_frequency)[3]
 
 
 def node_config(board, role):
@@ -180,10 +181,10 @@ class BoardTop(Elaboratable):
         if role is Role.BOB:
             pins = platform.request("detectors", 0, dir="-")
             if board.phases == 4:
-                add_gearbox_domains(m, platform, board.frequency)
+                add_gearbox_domains(m, platform, board.node_frequency)
                 m.submodules.sampler = sampler = ECP5GearboxSampler(pins)
             else:
-                add_sync_domain(m, platform, board.frequency)
+                add_sync_domain(m, platform, board.node_frequency)
                 m.submodules.sampler = sampler = DDRSampler(pins)
             if sampler.phases != board.phases:
                 raise ValueError(f"{board.name}: the sampler gives {sampler.phases} samples a cycle, the board "
@@ -192,7 +193,7 @@ class BoardTop(Elaboratable):
             m.d.comb += node.samples.eq(sampler.o_samples)
             random_shape = 2
         else:
-            add_sync_domain(m, platform, board.frequency)
+            add_sync_domain(m, platform, board.node_frequency)
             m.submodules.node = node = AliceNode(self.config)
             m.submodules.modulators = modulators = io.Buffer("o", platform.request("modulators", 0, dir="-"))
             m.d.comb += modulators.o.eq(node.modulators)

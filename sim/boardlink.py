@@ -28,7 +28,7 @@ from .sequencer import RANDOM_RANGE, thresholds
 from .serve import serve
 
 
-__all__ = ["LinkTiming", "frames_for", "realised_decoy", "run_board_link", "simulated_link"]
+__all__ = ["LinkTiming", "frames_for", "realised_decoy", "run_board_link", "simulated_link", "node_configuration"]
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def run_board_link(bench, settings, *, frames, seed, rtl=True, timing=LinkTiming
 def simulated_link(bench, *, timing, seed, rtl=True, build_dir=None):
     """Two simulated boards on ``bench`` with ``timing``: the gateware under Verilator
     (:class:`~qkdlink.sim.rtlboard.SimulatedLink`) or its models (:class:`~qkdlink.sim.modelboard.ModelLink`)."""
-    config = _config(timing)
+    config = node_configuration(timing)
     # Bob sees a frame's light once the whole frame is drawn: the flight time covers a frame and a half.
     if rtl:
         from .rtlboard import SimulatedLink
@@ -130,7 +130,7 @@ def simulated_link(bench, *, timing, seed, rtl=True, build_dir=None):
     return ModelLink(bench, alice=config, bob=config, seed=seed, delay_ns=timing.frame_ns * 1.5)
 
 
-def _config(timing):
+def node_configuration(timing):
     """Both simulated boards' node configuration: ECP5-sized memories, rings deep enough for a host that polls."""
     from ..gateware.node import NodeConfig
 
