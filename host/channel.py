@@ -234,6 +234,17 @@ class LocalChannel:
     """An in-process channel: :meth:`pair` gives Alice's and Bob's endpoints, joined by two queues."""
 
     @staticmethod
+    def authenticated_pair(pad_bytes, *, rekey_interval=None):
+        """Alice's and Bob's endpoints, every message authenticated with a fresh pre-shared secret of
+        ``pad_bytes`` a direction, drawn from the operating system: even a seeded simulation must not derive a
+        secret from its seed (tags never change a key, so the simulation stays reproducible)."""
+        import secrets
+        from .auth import PadPool
+        secret = secrets.token_bytes(2 * pad_bytes)
+        return LocalChannel.pair(pads=(PadPool.from_secret(secret), PadPool.from_secret(secret)),
+                                 rekey_interval=rekey_interval)
+
+    @staticmethod
     def pair(*, pads=None, rekey_interval=None):
         """Alice's and Bob's endpoints.
 

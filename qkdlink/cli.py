@@ -372,9 +372,12 @@ def _print_block(block, pulses, asymptotic, plob):
         print(f"  secret key: {alice.figures['secret_bits']:,} bits, {rate:.3e} per pulse "
               f"(asymptotic decoy-state rate {asymptotic:.3e}, PLOB bound {plob:.3e})")
         print(f"  Alice's and Bob's keys are equal: fingerprint {_fingerprint(pack_bits(alice.key))}")
+        print(f"  authentication: {8 * block.pad_bytes:,} bits of one-time pad for the Wegman-Carter tags, "
+              f"{100 * 8 * block.pad_bytes / alice.figures['secret_bits']:.1f} % of the key")
     else:
         reason = alice.abort_reason or bob.abort_reason
         print(f"  aborted, no key: {reason}")
+        print(f"  authentication: {8 * block.pad_bytes:,} bits of one-time pad for the Wegman-Carter tags")
 
 
 def _write_keys(directory, blocks):

@@ -23,7 +23,7 @@ from ..host.finite_key import DecoySettings
 from ..host.frontend import BoardChoices, BoardDetections, configure_alice, configure_bob, start
 from ..host.protocol import Alice, Bob
 from . import optics
-from .link import LinkBlock
+from .link import PAD_BYTES_PER_BLOCK, LinkBlock
 from .sequencer import RANDOM_RANGE, thresholds
 from .serve import serve
 
@@ -99,7 +99,7 @@ def run_board_link(bench, settings, *, frames, seed, rtl=True, timing=LinkTiming
         configure_bob(bob_board, period_bins=bins, delay=0, gate_start=bins // 4, gate_width=bins // 2 + 1)
         start(bob_board)
         start(alice_board)
-        alice_end, bob_end = LocalChannel.pair()
+        alice_end, bob_end = LocalChannel.authenticated_pair(PAD_BYTES_PER_BLOCK * blocks)
         alice = Alice(alice_end, settings, entropy[0])
         bob = Bob(bob_end, settings, entropy[1])
         released = 0
@@ -109,9 +109,11 @@ def run_board_link(bench, settings, *, frames, seed, rtl=True, timing=LinkTiming
                 detections = BoardDetections(bob_board, frames=frames, first_frame=block * frames,
                                              progress=progress)
                 pulses = frames << timing.frame_bits
+                pad_before = sum(alice_end.pad_consumed.values())
                 alice_result = nodes.submit(alice.run_block, block, pulses, choices)
                 bob_result = nodes.submit(bob.run_block, block, detections)
-                results.append(LinkBlock(alice_result.result(), bob_result.result()))
+                results.append(LinkBlock(alice_result.result(), bob_result.result(),
+                                         sum(alice_end.pad_consumed.values()) - pad_before))
                 released = choices.released
     link.close()
     return results

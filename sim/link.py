@@ -16,14 +16,20 @@ from ..host.protocol import Alice, Bob, ChoiceMemory, DetectionRecord
 from . import optics
 
 
-__all__ = ["LinkBlock", "pulses_for", "run_link"]
+__all__ = ["LinkBlock", "PAD_BYTES_PER_BLOCK", "pulses_for", "run_link"]
+
+
+# One-time pad for the Wegman-Carter tags of a block, each way: 16 bytes a message; a block of 10^6 bits takes about
+# 150 messages each way, a board block some hundreds more.
+PAD_BYTES_PER_BLOCK = 1 << 16
 
 
 @dataclass(frozen=True)
 class LinkBlock:
-    """Both sides' results of one simulated block."""
+    """Both sides' results of one simulated block, and the authentication pad it consumed (both ways)."""
     alice: object
     bob: object
+    pad_bytes: int = 0
 
     @property
     def keys_equal(self):
@@ -44,7 +50,7 @@ def run_link(bench, settings, *, pulses, blocks=1, seed, progress=None):
     """
     seeds = np.random.SeedSequence(seed).spawn(3)
     rng = np.random.default_rng(seeds[0])
-    alice_end, bob_end = LocalChannel.pair()
+    alice_end, bob_end = LocalChannel.authenticated_pair(PAD_BYTES_PER_BLOCK * blocks)
     alice = Alice(alice_end, settings, SimulatedEntropy(seeds[1]))
     bob = Bob(bob_end, settings, SimulatedEntropy(seeds[2]))
     results = []
@@ -53,9 +59,11 @@ def run_link(bench, settings, *, pulses, blocks=1, seed, progress=None):
             record = optics.run(bench, pulses, rng=rng, first_slot=block * pulses)
             choices = ChoiceMemory(record.slot, record.alice_basis, record.alice_bit, record.alice_intensity)
             detections = DetectionRecord(record.slot, record.pattern)
+            pad_before = sum(alice_end.pad_consumed.values())
             alice_result = nodes.submit(alice.run_block, block, record.pulses, choices)
             bob_result = nodes.submit(bob.run_block, block, detections)
-            results.append(LinkBlock(alice_result.result(), bob_result.result()))
+            results.append(LinkBlock(alice_result.result(), bob_result.result(),
+                                     sum(alice_end.pad_consumed.values()) - pad_before))
             if progress is not None:
                 progress(block + 1)
     return results
