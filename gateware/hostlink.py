@@ -366,9 +366,21 @@ class HostLink(wiring.Component):
         carry = Signal()
         park = Signal(init=1)       # the engine holds the servicer while it works on a stream's offsets
 
+        # Registered, as is the check of the arguments' length against the command: `length` and `command` are set
+        # in FRAME, a dozen cycles before DISPATCH.
         arguments = Signal(range(MAX_BODY + 1))
         data_length = Signal(range(MAX_BODY + 1))
-        m.d.comb += [arguments.eq(length - 6), data_length.eq(length - 6 - 5)]
+        arguments_fit = Signal()
+        m.d.sync += [arguments.eq(length - 6), data_length.eq(length - 6 - 5)]
+        with m.Switch(command):
+            for code, fit in [
+                    (Command.HELLO, arguments == 0),
+                    (Command.READ, arguments == 3),
+                    (Command.WRITE, (arguments >= 6) & (arguments[:2] == 2) & (arguments <= 2 + 4 * MAX_REGISTERS)),
+                    (Command.READ_STREAM, arguments == 11),
+                    (Command.WRITE_STREAM, (arguments >= 5) & (arguments <= 5 + MAX_DATA))]:
+                with m.Case(code):
+                    m.d.sync += arguments_fit.eq(fit)
 
         mask = Signal(narrow)
         depth = Signal(narrow)
@@ -500,6 +512,9 @@ class HostLink(wiring.Component):
 
         parked = Signal()
         writing = Signal()          # byte `byte` of the beat offered on out stream `cur` goes into its ring
+        # The last byte goes in this cycle: a register, set a cycle ahead, so that the producer's logic behind its
+        # `ready` (a queue's read enable, the Toeplitz core's accumulator) starts from a flip-flop.
+        taking = Signal()
         filling = Signal()          # the ring's byte at `byte - 1` goes into the beat of in stream `cur`
         filled = Signal()
         advance = Signal()          # in stream `cur`: forget the taken beat
@@ -519,7 +534,7 @@ class HostLink(wiring.Component):
                     write.en.eq(writing & (cur == i)),
                     read.addr.eq(pointer),
                     # The producer holds its payload until the beat is taken: its bytes go into the ring from it.
-                    port.ready.eq(writing & (cur == i) & last),
+                    port.ready.eq(taking & (cur == i)),
                 ]
                 beat = port.payload.as_value()
                 with m.If(cur == i):
@@ -570,6 +585,7 @@ class HostLink(wiring.Component):
                 m.d.sync += byte.eq(0)
                 with m.If(cur_out):
                     with m.If(cur_valid & (held <= cur_room)):
+                        m.d.sync += taking.eq(cur_beat == 1)
                         m.next = "OUT"
                     with m.Else():
                         m.next = "NEXT"
@@ -583,7 +599,7 @@ class HostLink(wiring.Component):
                     m.next = "NEXT"
             with m.State("OUT"):
                 m.d.comb += writing.eq(1)
-                m.d.sync += byte.eq(byte + 1)
+                m.d.sync += [byte.eq(byte + 1), taking.eq(byte + 2 == cur_beat)]
                 with m.If(last):
                     m.d.sync += mine.eq(mine + cur_beat)
                     m.next = "STORE"
@@ -746,32 +762,31 @@ class HostLink(wiring.Component):
                     m.d.sync += status.eq(Status.OK)
                     with m.Switch(command):
                         with m.Case(Command.HELLO):
-                            with m.If(arguments == 0):
+                            with m.If(arguments_fit):
                                 m.d.sync += payload.eq(_HELLO)
                                 m.next = "REPLY"
                             with m.Else():
                                 reply(Status.ARGUMENT)
                         with m.Case(Command.READ):
-                            with m.If(arguments == 3):
+                            with m.If(arguments_fit):
                                 m.d.sync += k.eq(2)
                                 m.next = "ARGUMENTS_PRIME"
                             with m.Else():
                                 reply(Status.ARGUMENT)
                         with m.Case(Command.WRITE):
-                            with m.If((arguments >= 6) & (arguments[:2] == 2) &
-                                      (arguments <= 2 + 4 * MAX_REGISTERS)):
+                            with m.If(arguments_fit):
                                 m.d.sync += k.eq(1)
                                 m.next = "ARGUMENTS_PRIME"
                             with m.Else():
                                 reply(Status.ARGUMENT)
                         with m.Case(Command.READ_STREAM):
-                            with m.If(arguments == 11):
+                            with m.If(arguments_fit):
                                 m.d.sync += k.eq(0)
                                 m.next = "ARGUMENTS_PRIME"
                             with m.Else():
                                 reply(Status.ARGUMENT)
                         with m.Case(Command.WRITE_STREAM):
-                            with m.If((arguments >= 5) & (arguments <= 5 + MAX_DATA)):
+                            with m.If(arguments_fit):
                                 m.d.sync += k.eq(0)
                                 m.next = "ARGUMENTS_PRIME"
                             with m.Else():
