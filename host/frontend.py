@@ -160,18 +160,27 @@ class BoardDetections:
         Seconds to wait for a frame to complete.
     progress : callable, optional
         Called with the number of frames completed since frame 0 after each batch.
+    carry : dict, optional
+        The previous block's :attr:`leftover`: detections already read from the board, of frames from
+        ``first_frame`` on. A block must start from them, or the board's detection memory, which waits for an
+        answer to each, falls out of step with the answers.
     """
 
-    def __init__(self, board, *, frames, first_frame=0, timeout=60.0, progress=None):
+    def __init__(self, board, *, frames, first_frame=0, timeout=60.0, progress=None, carry=None):
         self.board = board
         self.progress = progress
         self.first_frame = first_frame
         self.end_frame = first_frame + frames
         self.timeout = timeout
         self._frame_bits = board.frame_bits
-        self._pending = {name: np.zeros(0, np.int64) for name in ("frame", "slot", "basis")}
+        self._pending = {name: np.asarray((carry or {}).get(name, ()), np.int64) for name in ("frame", "slot", "basis")}
         self._bases = []
         self._key_intensity, self._test = [], []
+
+    @property
+    def leftover(self):
+        """The detections read from the board beyond the block's last frame: the next block's ``carry``."""
+        return dict(self._pending)
 
     def squash(self, entropy):
         return self             # the board squashes with its own random bits

@@ -102,19 +102,19 @@ def run_board_link(bench, settings, *, frames, seed, rtl=True, timing=LinkTiming
         alice_end, bob_end = LocalChannel.authenticated_pair(PAD_BYTES_PER_BLOCK * blocks)
         alice = Alice(alice_end, settings, entropy[0])
         bob = Bob(bob_end, settings, entropy[1])
-        released = 0
+        released, carry = 0, None
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="node") as nodes:
             for block in range(blocks):
                 choices = BoardChoices(alice_board, released=released)
                 detections = BoardDetections(bob_board, frames=frames, first_frame=block * frames,
-                                             progress=progress)
+                                             progress=progress, carry=carry)
                 pulses = frames << timing.frame_bits
                 pad_before = sum(alice_end.pad_consumed.values())
                 alice_result = nodes.submit(alice.run_block, block, pulses, choices)
                 bob_result = nodes.submit(bob.run_block, block, detections)
                 results.append(LinkBlock(alice_result.result(), bob_result.result(),
                                          sum(alice_end.pad_consumed.values()) - pad_before))
-                released = choices.released
+                released, carry = choices.released, detections.leftover
     link.close()
     return results
 
