@@ -39,6 +39,7 @@ import dataclasses
 import hmac
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -47,7 +48,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-__all__ = ["KeyStore", "KeyStoreError", "KeyStoreEmpty", "KeyNotFound", "SCHEMA_VERSION", "DEFAULT_UNIT_BITS"]
+__all__ = ["KeyStore", "KeyStoreError", "KeyStoreEmpty", "KeyNotFound", "SCHEMA_VERSION", "DEFAULT_UNIT_BITS",
+           "create_private_file"]
 
 
 logger = logging.getLogger(__name__)
@@ -104,6 +106,15 @@ CREATE TABLE auth_keys (
 );
 CREATE INDEX auth_keys_by_stream ON auth_keys (stream, seq);
 """
+
+
+def create_private_file(path):
+    """Create ``path`` empty and readable by its owner only, unless it exists: a key store holds key material, and
+    SQLite gives its log and shared-memory files the database file's mode."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
 
 
 class KeyStoreError(Exception):
@@ -194,9 +205,11 @@ class KeyStore:
                                 f"(a node creates its store when it starts)")
         self._lock = threading.RLock()
         try:
+            if unit_bits is not None:
+                create_private_file(self.path)
             self._db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT, isolation_level=None,
                                        check_same_thread=False)
-        except sqlite3.Error as error:
+        except (sqlite3.Error, OSError) as error:
             raise KeyStoreError(f"{self.path}: cannot open the key store: {error}") from None
         try:
             self.unit_bits = self._open(unit_bits)

@@ -56,6 +56,16 @@ class KeyStoreCase(unittest.TestCase):
 
 
 class OpenTestCase(KeyStoreCase):
+    def test_files_readable_by_owner_only(self):
+        old = os.umask(0o022)
+        try:
+            store = self.open()
+            self.add_block(store)
+        finally:
+            os.umask(old)
+        for path in (self.path, Path(f"{self.path}-wal")):
+            self.assertEqual(path.stat().st_mode & 0o777, 0o600, path)
+
     def test_create_and_reopen(self):
         with KeyStore(self.path, unit_bits=512) as store:
             self.assertEqual(store.unit_bits, 512)
