@@ -25,7 +25,7 @@ demo: setup
 
 # The whole test suite: host models, gateware in the Amaranth simulator and in cocotb on Verilator, bitstreams.
 test: setup
-	$(BIN)/python -m pytest --numprocesses 2 --dist worksteal
+	$(BIN)/python -m pytest --numprocesses 2 --dist worksteal --durations 25
 
 clean:
 	rm -rf build .pytest_cache
