@@ -697,6 +697,13 @@ OPERATIONS = {
 }
 
 
+def _operations():
+    """Every command: this module's and the networked nodes' (node, link, keys, certs), which live in
+    :mod:`qkdlink.nodecli` and use this module's helpers."""
+    from . import nodecli
+    return {**OPERATIONS, **nodecli.OPERATIONS}
+
+
 def get_argparser():
     parser = argparse.ArgumentParser(
         prog="qkd", formatter_class=TextHelpFormatter, fromfile_prefix_chars="@",
@@ -714,7 +721,7 @@ def get_argparser():
     parser.add_argument("-L", "--log-file", metavar="FILE",
                         help="also write the most detailed log to FILE")
     subparsers = parser.add_subparsers(dest="operation", metavar="OPERATION", required=True)
-    for name, (summary, add_arguments, _) in OPERATIONS.items():
+    for name, (summary, add_arguments, _) in _operations().items():
         subparser = subparsers.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".",
                                           formatter_class=TextHelpFormatter)
         add_arguments(subparser)
@@ -749,7 +756,7 @@ def main(argv=None):
     args = get_argparser().parse_args(argv)
     _setup_logging(args)
     try:
-        OPERATIONS[args.operation][2](args)
+        _operations()[args.operation][2](args)
     except CLIError as error:
         logger.error("qkd %s: %s", args.operation, error)
         return 1
