@@ -1,8 +1,7 @@
 """The ``qkd`` commands of networked nodes: ``node``, ``link``, ``keys`` and ``certs``.
 
 Each command is a pair ``add_X_arguments(parser)`` / ``run_X(args)`` in the style of :mod:`qkdlink.cli`, whose
-``OPERATIONS`` table takes them (:data:`OPERATIONS` here lists them the same way). ``python -m qkdlink.nodecli``
-runs ``qkd`` with them added, which is how ``qkd link`` starts its nodes.
+``OPERATIONS`` table takes them (:data:`OPERATIONS` here lists them the same way).
 """
 
 import json
@@ -23,10 +22,10 @@ from . import cli
 
 
 __all__ = ["OPERATIONS", "add_node_arguments", "run_node", "add_link_arguments", "run_link_nodes",
-           "add_keys_arguments", "run_keys", "add_certs_arguments", "run_certs", "main"]
+           "add_keys_arguments", "run_keys", "add_certs_arguments", "run_certs"]
 
 
-logger = logging.getLogger("qkdlink.nodecli")     # also when run as __main__
+logger = logging.getLogger(__name__)
 
 _PSK_BYTES = 1 << 20                # the pre-shared key `qkd link` makes: 256 KiB for each pad stream
 _KMES = ("KME-A", "KME-B")
@@ -249,7 +248,7 @@ def run_link_nodes(args):
         processes.append(simulate)
         _wait_for_line(simulate, "Bob:", timeout=60.0)
         blocks = [] if args.blocks is None else ["--blocks", str(args.blocks)]
-        nodes = {config.role: subprocess.Popen([sys.executable, "-m", "qkdlink.nodecli", "-L",
+        nodes = {config.role: subprocess.Popen([sys.executable, "-m", "qkdlink.cli", "-L",
                                                 str(directory / f"{config.role}.log"), "node", "--config",
                                                 str(config.path), *blocks])
                  for config in (alice, bob)}
@@ -457,12 +456,3 @@ OPERATIONS = {
     "certs": ("make a test CA and certificates for KMEs and SAEs",
               add_certs_arguments, run_certs),
 }
-
-
-def main(argv=None):
-    """``qkd`` (for ``python -m qkdlink.nodecli``)."""
-    return cli.main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,7 +10,7 @@ import unittest
 import uuid
 from pathlib import Path
 
-from qkdlink import nodecli
+from qkdlink import cli
 from qkdlink.host.certs import make_test_pki
 from qkdlink.host.etsi014 import KeyDeliveryServer, KeyIndex, KMEConfig, StoreDelivery
 from qkdlink.host.keystore import KeyStore
@@ -23,7 +23,7 @@ def qkd(*argv):
     stdout, stderr = io.TextIOWrapper(io.BytesIO()), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         try:
-            code = nodecli.main([str(arg) for arg in argv])
+            code = cli.main([str(arg) for arg in argv])
         except SystemExit as exit:          # argparse's own errors
             code = exit.code
     stdout.flush()

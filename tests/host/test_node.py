@@ -683,7 +683,7 @@ class TCPProxy:
 
 
 class Link:
-    """`qkd simulate --model` boards and two node processes (`python -m qkdlink.nodecli node`) on loopback.
+    """`qkd simulate --model` boards and two node processes (`python -m qkdlink.cli node`) on loopback.
 
     Every random number of the boards and the optics comes from ``seed``; the nodes draw keys from the OS.
     """
@@ -726,7 +726,7 @@ class Link:
     def start(self, role):
         import subprocess
         self.nodes[role] = subprocess.Popen(
-            [self.python, "-m", "qkdlink.nodecli", "-q", "-L", str(self.log_path(role)), "node", "--config",
+            [self.python, "-m", "qkdlink.cli", "-q", "-L", str(self.log_path(role)), "node", "--config",
              str(self.directory / f"{role}.toml")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def kill(self, role):
