@@ -8,7 +8,7 @@ pre-shared secret at first, then part of each distilled key) and on no computati
 Construction
 ------------
 Field: the integers modulo the Mersenne prime ``p = 2**127 - 1``. Its elements fit in 16 bytes, so a tag costs
-128 bits of pad, and with messages of up to a gigabyte the forgery probability stays below ``2**-100`` (below).
+128 bits of pad, and with up to 64 GiB under one tag the forgery probability stays below ``2**-94`` (below).
 
 Hash: the data ``x`` is cut into 15-byte chunks (the last one may be shorter); a chunk of ``b`` bytes is read as a
 little-endian integer ``d`` and becomes the coefficient ``c = d + 2**(8*b)`` (a 1 bit just above the chunk, as in
@@ -27,40 +27,58 @@ Hash key: a pair ``(k, b)`` of elements of ``Z_p``. ``x -> h_k(x) + b`` is epsil
 (ASU_2): for every ``x`` and ``t``, ``Pr[h_k(x) + b = t] = 1/p`` through ``b``, and for ``x' != x``,
 ``Pr[h_k(x') + b = t' | h_k(x) + b = t] = Pr[h_k(x') - h_k(x) = t' - t] <= epsilon``.
 
-Tag of the ``i``-th message of a direction: ``t_i = (h_k(a_i) + b + r_i) mod p``, where ``r_i`` is fresh one-time
-pad (the Wegman-Carter construction; Wegman and Carter, JCSS 22, 1981) and the authenticated data ``a_i`` is::
+Spans and tags: the messages of a direction are numbered from 0 in a session, and each is sent *tagged* or
+*untagged*. A tagged message authenticates itself and every untagged one of its direction since the previous
+tag: its *span*. The tag over a span of messages ``j..i`` is ``t = (h_k(a_j | ... | a_i) + b + r) mod p``, where
+``r`` is fresh one-time pad (the Wegman-Carter construction; Wegman and Carter, JCSS 22, 1981) and the
+authenticated data of message ``n`` is::
 
-    len(label) (1 byte) | label (UTF-8, e.g. "alice->bob") | i (8 bytes) | len(payload) (8 bytes) | payload
+    len(label) (1 byte) | label (UTF-8, e.g. "alice->bob") | flag (1 byte) | n (8 bytes) | len(payload) (8 bytes)
+        | payload
 
-(integers little-endian). Because the direction, the per-direction sequence number and the length are authenticated
-and each sequence number has its own ``r_i``, a message replayed, reordered, reflected to its sender, cut short or
-extended fails verification. A frame on the wire is ``i (8 bytes) | payload | t_i (16 bytes, little-endian)``.
+(integers little-endian; the flag is ``0xA5`` for tagged, ``0x5A`` for untagged). Each ``a_n`` says how long it is, so the
+concatenation of a span tells its messages apart, and two different spans are two different inputs of the hash.
+Because the direction, the sequence numbers, the flags and the lengths are authenticated and each tag has its own
+``r``, a message replayed, reordered, reflected to its sender, cut short, extended, dropped or slipped into a span
+fails verification, at the latest at the span's tag. A frame on the wire is ``flag (1 byte) | n (8 bytes) |
+payload``, followed by the tag (16 bytes, little-endian) if it is tagged.
 
-Key recycling: the hash key ``(k, b)`` is used for many messages; only ``r_i`` is used once. Portmann ("Key
+A receiver acts on an untagged message before its tag arrives, so a protocol must release nothing that depends
+on one before the tag: :attr:`Authenticator.unverified` counts them. The protocol (:mod:`qkdlink.host.protocol`)
+sends a block's messages untagged and ends the block with one tagged message each way, checked before a key is
+released (the "ping-pong" check of Kiktenko et al., "Lightweight authentication for quantum key distribution",
+IEEE TIT 66, 2020, with one tag per direction): what a man in the middle changes in between can make the block
+fail, but never make either side accept a key. Messages outside blocks (the handshake, the nodes' commits) are
+tagged one by one.
+
+Key recycling: the hash key ``(k, b)`` is used for many tags; only each tag's ``r`` is used once. Portmann ("Key
 recycling in authentication", IEEE Trans. Inf. Theory 60(7), 2014; arXiv:1202.1229) showed, in a composable
 framework, that Wegman and Carter's informal argument (the pad hides the hash function) is not enough by itself,
 because an adversary learns whether a forgery was accepted, but that the scheme is still secure when the function
-is chosen from an epsilon-ASU_2 family: each round adds at most ``epsilon`` to the error, so ``N`` messages are
+is chosen from an epsilon-ASU_2 family: each round adds at most ``epsilon`` to the error, so ``N`` tagged spans are
 authenticated with error at most the sum of their ``epsilon``s, and the hash key can be reused for the next round.
 The paper states this with the pad XORed onto bit strings; here it is added in ``Z_p``, which changes nothing the
 argument uses (a uniform pad makes the tag uniform and independent of the hash). The paper's stronger result
 (recycling the key for any task) assumes the receiver knows when a message should arrive, which the sequence
 numbers provide; we need only the first, as the hash key serves nothing but authentication. We also take a fresh
-hash key at the start of every session and every ``rekey_interval`` messages, so also after every failure, since
+hash key at the start of every session and every ``rekey_interval`` tags, so also after every failure, since
 a failed verification ends the session.
 
-Forgery probability, per message: an adversary who has seen the genuine ``(a_i, t_i)`` and sends ``(a', t')`` with
-``a' != a_i`` is accepted with probability at most ``epsilon = L/p``, where ``L = ceil((27 + n)/15)`` is the
-number of chunks of the longer of ``a_i`` and ``a'`` (27 bytes of label, sequence number and length, ``n`` of
-payload); one who sends a frame for a sequence number whose genuine tag he has not seen is accepted with
-probability ``1/p``. For a 1 kB payload ``epsilon = 2**-120.9``, for 1 MiB ``2**-110.9``, for 1 GiB
-``2**-100.9`` (:func:`forgery_probability`). A session of ``N`` messages: at most the sum of their ``epsilon``.
+Forgery probability, per tag: an adversary who has seen the genuine spans and tags and makes a receiver accept a
+span that differs from the one sent succeeds with probability at most ``epsilon = L/p``, where ``L`` is the number
+of chunks of the longer of the two spans' authenticated data (28 bytes per message and its payload); one who
+sends a frame for a sequence number whose genuine tag he has not seen is accepted with probability ``1/p``. A
+receiver fails a span of more than ``max_span`` authenticated bytes (:data:`MAX_SPAN`, 64 GiB) and a sender tags
+before its span would reach half of that, so every tag holds ``epsilon <= 2**-94.9`` whatever the adversary
+sends. Genuine spans are far shorter: a single 1 kB message has ``2**-120.9``, a 1 MiB span ``2**-110.9``
+(:func:`forgery_probability`). A session of ``N`` tags: at most the sum of their ``epsilon``.
 
-Pad cost: every message takes 16 bytes (128 bits: a 127-bit element of ``Z_p``) of its direction's pad stream, and
-every new hash key 32 bytes; both the sender and the receiver take them, each from its own copy of the stream, in
-the same order. Elements are drawn by rejection, exactly uniform: 16 bytes, the top bit cleared, and drawn again
-(another 16 bytes) in the one case, of probability ``2**-127``, that the value is ``p``. So a direction that
-sends ``n`` messages in a session takes ``16 n + 32 ceil(n / rekey_interval)`` bytes.
+Pad cost: every tag takes 16 bytes (128 bits: a 127-bit element of ``Z_p``) of its direction's pad stream, and
+every new hash key 32 bytes, however many messages the tag covers; both the sender and the receiver take them,
+each from its own copy of the stream, in the same order: the hash key when a span that is due one starts, the
+pad element at its tag. Elements are drawn by rejection, exactly uniform: 16 bytes, the top bit cleared, and drawn
+again (another 16 bytes) in the one case, of probability ``2**-127``, that the value is ``p``. So a direction that
+sends ``n`` tags in a session takes ``16 n + 32 ceil(n / rekey_interval)`` bytes.
 
 Two pad streams per link, ``"alice->bob"`` and ``"bob->alice"`` (:data:`STREAMS`): a stream authenticates the
 messages of its direction, so the two sides consume each stream's bits in the same order. A pad source is anything
@@ -81,8 +99,9 @@ from .keystore import KeyStoreEmpty
 
 
 __all__ = ["Authenticator", "PadPool", "StorePad", "PadExhausted", "AuthenticationFailed",
-           "STREAMS", "ROLES", "PRIME", "TAG_BYTES", "HASH_KEY_BYTES", "REKEY_INTERVAL",
-           "streams_for", "poly_hash", "forgery_probability", "pad_cost", "split_key", "refill", "skip_to"]
+           "STREAMS", "ROLES", "PRIME", "TAG_BYTES", "HASH_KEY_BYTES", "REKEY_INTERVAL", "MAX_SPAN",
+           "UNTAGGED", "TAGGED", "streams_for", "PolyHash", "poly_hash", "forgery_probability", "pad_cost",
+           "split_key", "refill", "skip_to"]
 
 
 PRIME = (1 << 127) - 1              # the field Z_p of the hash and the tags
@@ -90,12 +109,14 @@ CHUNK_BYTES = 15                    # bytes of data per coefficient: 2**(8*15 + 
 ELEMENT_BYTES = 16                  # pad bytes per drawn element of Z_p (127 bits used)
 TAG_BYTES = 16                      # a tag on the wire: an element of Z_p, little-endian
 HASH_KEY_BYTES = 2 * ELEMENT_BYTES  # (k, b)
-REKEY_INTERVAL = 1024               # messages per direction between fresh hash keys (0.2% more pad per message)
+REKEY_INTERVAL = 1024               # tags per direction between fresh hash keys (0.2% more pad per tag)
+MAX_SPAN = 1 << 36                  # authenticated bytes one tag may cover: the forgery bound stays below 2**-94
 STREAMS = ("alice->bob", "bob->alice")
 ROLES = ("alice", "bob")
+UNTAGGED, TAGGED = 0x5A, 0xA5       # a frame's first byte: eight bits apart, so no flipped bit turns one into the other
 
-_SEQUENCE = struct.Struct("<Q")
-_HEADER = struct.Struct("<QQ")      # sequence number, payload length
+_SEQUENCE = struct.Struct("<BQ")    # flag, sequence number
+_HEADER = struct.Struct("<BQQ")     # flag, sequence number, payload length
 
 
 class PadExhausted(ChannelClosed):
@@ -114,49 +135,94 @@ def streams_for(role):
     return STREAMS if role == "alice" else STREAMS[::-1]
 
 
-def poly_hash(key, data, *, prime=PRIME, chunk=CHUNK_BYTES):
-    """``h_key(data)``: the polynomial hash of the module docstring, an element of ``Z_prime``.
+class PolyHash:
+    """``h_key`` of the module docstring, computed as the data comes: :meth:`update` any number of times, then
+    :meth:`value` is the hash of everything given, as if it had come in one piece.
 
     ``prime`` and ``chunk`` exist so that tests can check the universality bound exhaustively on a small field;
     ``2**(8*chunk + 1)`` must not exceed ``prime``.
     """
-    if 1 << (8 * chunk + 1) > prime:
-        raise ValueError(f"{chunk}-byte chunks do not fit below {prime}")
-    data = bytes(data)
-    full = len(data) - len(data) % chunk
-    marker = 1 << (8 * chunk)
-    from_bytes = int.from_bytes
-    acc = 0
-    for coefficient in [from_bytes(data[start:start + chunk], "little") for start in range(0, full, chunk)]:
-        acc = (acc + coefficient + marker) * key % prime
-    if full < len(data):
-        acc = (acc + from_bytes(data[full:], "little") + (1 << 8 * (len(data) - full))) * key % prime
-    return acc
+
+    def __init__(self, key, *, prime=PRIME, chunk=CHUNK_BYTES):
+        if 1 << (8 * chunk + 1) > prime:
+            raise ValueError(f"{chunk}-byte chunks do not fit below {prime}")
+        self.key, self.prime, self.chunk = key, prime, chunk
+        self.nbytes = 0
+        self._acc = 0
+        self._tail = b""            # the bytes of an unfinished chunk
+
+    def update(self, data):
+        data = memoryview(bytes(data))
+        self.nbytes += len(data)
+        if self._tail:
+            fill = self.chunk - len(self._tail)
+            self._tail += bytes(data[:fill])
+            data = data[fill:]
+            if len(self._tail) < self.chunk:
+                return self
+            self._absorb(self._tail)
+            self._tail = b""
+        full = len(data) - len(data) % self.chunk
+        self._absorb(data[:full])
+        self._tail = bytes(data[full:])
+        return self
+
+    def value(self):
+        acc = self._acc
+        if self._tail:
+            acc = (acc + int.from_bytes(self._tail, "little") + (1 << 8 * len(self._tail))) * self.key % self.prime
+        return acc
+
+    def _absorb(self, data):
+        """Fold whole chunks into the accumulator (Horner's rule)."""
+        key, prime, chunk, marker = self.key, self.prime, self.chunk, 1 << (8 * self.chunk)
+        from_bytes = int.from_bytes
+        acc = self._acc
+        for start in range(0, len(data), chunk):
+            acc = (acc + from_bytes(data[start:start + chunk], "little") + marker) * key % prime
+        self._acc = acc
 
 
-def _authenticated_data(label, sequence, payload):
-    label = label.encode()
-    return bytes([len(label)]) + label + _HEADER.pack(sequence, len(payload)) + payload
+def poly_hash(key, data, *, prime=PRIME, chunk=CHUNK_BYTES):
+    """``h_key(data)``: the polynomial hash of the module docstring, an element of ``Z_prime``."""
+    return PolyHash(key, prime=prime, chunk=chunk).update(data).value()
 
 
-def forgery_probability(nbytes, *, label="alice->bob"):
-    """The bound ``epsilon`` on accepting a forged or altered message of ``nbytes`` payload bytes (see above)."""
-    return math.ceil((len(label.encode()) + 1 + _HEADER.size + nbytes) / CHUNK_BYTES) / PRIME
+def _authenticated_size(label, payload):
+    return 1 + len(label.encode()) + _HEADER.size + len(payload)
 
 
-def pad_cost(messages, *, rekey_interval=REKEY_INTERVAL):
-    """Pad bytes one direction takes for ``messages`` messages of a session (except with probability about
-    ``messages * 2**-127``, when a rejected draw takes 16 bytes more)."""
-    return ELEMENT_BYTES * messages + HASH_KEY_BYTES * math.ceil(messages / rekey_interval)
+def forgery_probability(nbytes, *, messages=1, label="alice->bob"):
+    """The bound ``epsilon`` on accepting a forged or altered span (module docstring) whose longer version holds
+    ``messages`` messages of ``nbytes`` payload bytes in all."""
+    overhead = len(label.encode()) + 1 + _HEADER.size
+    return math.ceil((overhead * messages + nbytes) / CHUNK_BYTES) / PRIME
+
+
+def pad_cost(tags, *, rekey_interval=REKEY_INTERVAL):
+    """Pad bytes one direction takes for ``tags`` tags of a session (except with probability about
+    ``tags * 2**-127``, when a rejected draw takes 16 bytes more), however many messages they cover."""
+    return ELEMENT_BYTES * tags + HASH_KEY_BYTES * math.ceil(tags / rekey_interval)
+
+
+class _Span:
+    """The messages of one direction since its last tag: the first one's number, their count, and their hash."""
+
+    def __init__(self, first, hash_key):
+        self.first = first
+        self.messages = 0
+        self.hash_key = hash_key
+        self.hash = PolyHash(hash_key[0])
 
 
 class Authenticator:
     """One side's Wegman-Carter authentication of one session of a link.
 
     :meth:`seal` makes the frame of each message this side sends, :meth:`open` checks and unwraps each frame the
-    peer sent, in order. The first failed check ends the session: the authenticator refuses any further use, and
-    so does the endpoint that holds it. A session starts with fresh hash keys, taken from the pad at the first
-    message of each direction.
+    peer sent, in order. A tagged message authenticates itself and every untagged message of its direction since
+    the previous tag (its *span*); :attr:`unverified` counts the peer's messages still waiting for their tag. The
+    first failed check ends the session: the authenticator refuses any further use, and so does the endpoint that
+    holds it. A session starts with fresh hash keys, taken from the pad at the first message of each direction.
 
     Parameters
     ----------
@@ -165,72 +231,128 @@ class Authenticator:
     role : str
         ``"alice"`` or ``"bob"``: this side sends on its own stream and receives on the other.
     rekey_interval : int
-        Messages per direction between fresh hash keys.
+        Tags per direction between fresh hash keys.
+    max_span : int
+        The most authenticated bytes (payloads and their 28-byte headers) one tag covers: a message that would
+        take this side's span past half of it is tagged, so that no span of this side's reaches it, and a peer's
+        span past it fails.
 
     Attributes
     ----------
     sent, received : int
         Messages sealed and opened: the sequence numbers of the next ones.
+    tags_sent, tags_received : int
+        Tags among them.
     pad_consumed : dict
         Pad bytes taken in this session, per stream.
     failure : AuthenticationFailed or PadExhausted or None
         What ended the session, if anything did.
     """
 
-    OVERHEAD = 8 + TAG_BYTES        # bytes a frame adds to its payload: the sequence number and the tag
+    OVERHEAD = _SEQUENCE.size + TAG_BYTES     # the most bytes a frame adds to its payload
 
-    def __init__(self, pad, role, *, rekey_interval=REKEY_INTERVAL):
+    def __init__(self, pad, role, *, rekey_interval=REKEY_INTERVAL, max_span=MAX_SPAN):
         self.send_stream, self.receive_stream = streams_for(role)
         if not isinstance(rekey_interval, int) or rekey_interval < 1:
             raise ValueError(f"rekey interval must be a positive integer, not {rekey_interval!r}")
         self.pad = pad
         self.role = role
         self.rekey_interval = rekey_interval
+        self.max_span = max_span
         self.sent = 0
         self.received = 0
+        self.tags_sent = 0
+        self.tags_received = 0
         self.pad_consumed = {stream: 0 for stream in STREAMS}
         self.failure = None
+        self._spans = dict.fromkeys(STREAMS)
         self._hash_keys = {}
 
     def __repr__(self):
         return (f"<Authenticator {self.role} sent={self.sent} received={self.received} "
-                f"{'failed' if self.failure else 'ok'}>")
+                f"unverified={self.unverified} {'failed' if self.failure else 'ok'}>")
 
-    def seal(self, payload):
-        """The frame that carries ``payload`` as this side's next message."""
+    @property
+    def unverified(self):
+        """The peer's messages opened but not yet covered by a tag."""
+        span = self._spans[self.receive_stream]
+        return 0 if span is None else span.messages
+
+    def seal(self, payload, *, tagged=True):
+        """The frame that carries ``payload`` as this side's next message; untagged, it is authenticated by the
+        next tagged one."""
         self._check_usable()
         payload = bytes(payload)
-        tag = self._tag(self.send_stream, self.sent, payload)
-        frame = _SEQUENCE.pack(self.sent) + payload + tag
+        stream = self.send_stream
+        size = _authenticated_size(stream, payload)
+        if size > self.max_span // 2:
+            raise ValueError(f"a {len(payload)}-byte message is more than half the {self.max_span} bytes a tag "
+                             f"may cover")
+        span = self._spans[stream]
+        if span is not None and span.hash.nbytes + size > self.max_span // 2:
+            tagged = True
+        flag = TAGGED if tagged else UNTAGGED
+        self._absorb(stream, flag, self.sent, payload)
+        frame = _SEQUENCE.pack(flag, self.sent) + payload
+        if tagged:
+            frame += self._tag(stream)
+            self.tags_sent += 1
         self.sent += 1
         return frame
 
     def open(self, frame):
-        """The payload of ``frame``, the peer's next message; :class:`AuthenticationFailed` unless it is genuine."""
+        """The payload of ``frame``, the peer's next message; :class:`AuthenticationFailed` unless it is genuine
+        (if it is tagged) or could be (if it is not: its tag comes later, see :attr:`unverified`)."""
         self._check_usable()
         frame = bytes(frame)
-        if len(frame) < _SEQUENCE.size + TAG_BYTES:
-            self._fail("truncated", f"frame of {len(frame)} bytes, shorter than a sequence number and a tag "
-                                    f"({_SEQUENCE.size + TAG_BYTES} bytes)")
-        (sequence,) = _SEQUENCE.unpack_from(frame)
+        if len(frame) < _SEQUENCE.size:
+            self._fail("truncated", f"frame of {len(frame)} bytes, shorter than its flag and sequence number "
+                                    f"({_SEQUENCE.size} bytes)")
+        flag, sequence = _SEQUENCE.unpack_from(frame)
+        if flag not in (UNTAGGED, TAGGED):
+            self._fail("malformed", f"frame flag {flag:#04x} is neither untagged ({UNTAGGED:#04x}) nor tagged "
+                                    f"({TAGGED:#04x})")
+        if flag == TAGGED and len(frame) < _SEQUENCE.size + TAG_BYTES:
+            self._fail("truncated", f"tagged frame of {len(frame)} bytes, shorter than a flag, a sequence number "
+                                    f"and a tag ({_SEQUENCE.size + TAG_BYTES} bytes)")
         if sequence != self.received:
             self._fail("sequence", f"message number {sequence} where {self.received} was expected (replayed, "
                                    f"reordered or dropped)")
-        payload, tag = frame[_SEQUENCE.size:-TAG_BYTES], frame[-TAG_BYTES:]
-        expected = self._tag(self.receive_stream, sequence, payload)
-        if not hmac.compare_digest(expected, tag):
-            self._fail("tag", f"message {sequence} ({len(payload)} bytes) has a wrong tag: forged, altered, "
-                              f"reflected, or the pads are out of step")
+        payload = frame[_SEQUENCE.size:-TAG_BYTES] if flag == TAGGED else frame[_SEQUENCE.size:]
+        stream = self.receive_stream
+        span = self._absorb(stream, flag, sequence, payload)
+        if span.hash.nbytes > self.max_span:
+            self._fail("oversize", f"messages {span.first}-{sequence} hold {span.hash.nbytes} bytes without a tag, "
+                                   f"more than the {self.max_span} one tag may cover")
+        if flag == TAGGED:
+            if not hmac.compare_digest(self._tag(stream), frame[-TAG_BYTES:]):
+                covered = (f"message {sequence} ({len(payload)} bytes) has" if span.first == sequence else
+                           f"messages {span.first}-{sequence} ({span.hash.nbytes} bytes with their headers) have")
+                self._fail("tag", f"{covered} a wrong tag: forged, altered, reflected, or the pads are out of step")
+            self.tags_received += 1
         self.received += 1
         return payload
 
-    def _tag(self, stream, sequence, payload):
-        if sequence % self.rekey_interval == 0:
-            self._hash_keys[stream] = (self._draw(stream), self._draw(stream))
-        k, b = self._hash_keys[stream]
+    def _absorb(self, stream, flag, sequence, payload):
+        """Add a message to its direction's span, starting the span (and drawing a fresh hash key when the span's
+        tag is due one) if it is the first."""
+        span = self._spans[stream]
+        if span is None:
+            tags = self.tags_sent if stream == self.send_stream else self.tags_received
+            if tags % self.rekey_interval == 0:
+                self._hash_keys[stream] = (self._draw(stream), self._draw(stream))
+            span = self._spans[stream] = _Span(sequence, self._hash_keys[stream])
+        label = stream.encode()
+        span.hash.update(bytes([len(label)]) + label + _HEADER.pack(flag, sequence, len(payload)))
+        span.hash.update(payload)
+        span.messages += 1
+        return span
+
+    def _tag(self, stream):
+        """Close ``stream``'s span: its tag, with fresh pad."""
+        span, self._spans[stream] = self._spans[stream], None
         r = self._draw(stream)
-        tag = (poly_hash(k, _authenticated_data(stream, sequence, payload)) + b + r) % PRIME
-        return tag.to_bytes(TAG_BYTES, "little")
+        return ((span.hash.value() + span.hash_key[1] + r) % PRIME).to_bytes(TAG_BYTES, "little")
 
     def _draw(self, stream):
         """A uniform element of Z_p from the pad, by rejection (see the module docstring)."""

@@ -8,9 +8,11 @@ carries. Two transports implement :class:`Endpoint`:
 - :class:`TCPEndpoint`: a TCP connection between two nodes (:func:`connect`, :func:`listen`), always
   authenticated.
 
-Authentication (:mod:`qkdlink.host.auth`) turns each encoded message into a frame, ``sequence number (8 bytes) |
-message | Wegman-Carter tag (16 bytes)``; on TCP each frame is preceded by its length (4 bytes, little-endian). A
-TCP session starts with a handshake:
+Authentication (:mod:`qkdlink.host.auth`) turns each encoded message into a frame, ``flag (1 byte) | sequence
+number (8 bytes) | message``, and a tagged message's frame ends with its Wegman-Carter tag (16 bytes), which also
+covers the untagged messages sent since the previous tag; on TCP each frame is preceded by its length (4 bytes,
+little-endian). :meth:`Endpoint.send` tags a message unless told otherwise; :attr:`Endpoint.unverified` counts the
+peer's messages received and still waiting for their tag. A TCP session starts with a handshake:
 
 1. Each side sends a *hello*, unauthenticated: ``b"QKDL"``, version (1 byte), its role (1-byte length and UTF-8),
    and how many bytes of each pad stream it has ever used (8 bytes each, in the order of
@@ -23,8 +25,8 @@ TCP session starts with a handshake:
    it saw them; each checks that the peer saw the same. A forged hello fails here.
 
 Failures: :class:`ChannelClosed` when the peer went away or did not answer in time, :class:`AuthenticationFailed`
-when a frame is not genuine (its ``kind``: ``"tag"``, ``"sequence"``, ``"truncated"``, ``"oversize"``,
-``"handshake"``), :class:`~qkdlink.host.auth.PadExhausted` when a pad stream runs out. Each is counted in the
+when a frame is not genuine (its ``kind``: ``"tag"``, ``"sequence"``, ``"truncated"``, ``"malformed"``,
+``"oversize"``, ``"handshake"``), :class:`~qkdlink.host.auth.PadExhausted` when a pad stream runs out. Each is counted in the
 endpoint's :attr:`Endpoint.failures` and logged. An authentication failure or an exhausted pad ends the endpoint
 for good (it refuses further use; the block in progress aborts and nothing from it enters a key); a TCP endpoint
 ends on any failure, closing the connection so that the peer learns at once, because after a failed read it can
@@ -84,8 +86,8 @@ class ChannelClosed(ProtocolError):
 class AuthenticationFailed(ChannelClosed):
     """A frame from the peer is not genuine: forged, altered, replayed, reordered, reflected or cut short.
 
-    ``kind`` says which check failed: ``"tag"``, ``"sequence"``, ``"truncated"``, ``"oversize"`` or
-    ``"handshake"``. The endpoint refuses further use.
+    ``kind`` says which check failed: ``"tag"``, ``"sequence"``, ``"truncated"``, ``"malformed"``,
+    ``"oversize"`` or ``"handshake"``. The endpoint refuses further use.
     """
 
     fatal = True
@@ -133,13 +135,21 @@ class Endpoint:
         """Authentication pad bytes taken in this session, per stream (empty without authentication)."""
         return {} if self.authenticator is None else dict(self.authenticator.pad_consumed)
 
-    def send(self, message):
+    @property
+    def unverified(self):
+        """The peer's messages received whose tag has not come yet (0 without authentication)."""
+        return 0 if self.authenticator is None else self.authenticator.unverified
+
+    def send(self, message, *, tagged=True):
+        """Send ``message``; untagged, it is authenticated by the next tagged message this side sends, and the
+        peer must not release anything that depends on it before that."""
         data = message.encode()
         with self._send_lock:
             self._check_usable()
             self._check_size(len(data))
             try:
-                self._send_frame(data if self.authenticator is None else self.authenticator.seal(data))
+                self._send_frame(data if self.authenticator is None else
+                                 self.authenticator.seal(data, tagged=tagged))
             except ChannelClosed as error:
                 self._failed(error)
                 raise
@@ -151,6 +161,20 @@ class Endpoint:
 
         A peer's abort message is raised as :class:`ProtocolError` carrying its reason.
         """
+        message = self._receive(timeout)
+        if message.kind == "abort" and kind != "abort":
+            raise ProtocolError(f"the peer aborted: {message['reason']}")
+        return message if kind is None else message.expect(kind)
+
+    def skip_until(self, *kinds, timeout=60.0, limit=1 << 20):
+        """Receive and drop messages, aborts included, until one of ``kinds``; return it. For the end of a block,
+        when what is still in flight no longer matters; :class:`ProtocolError` after ``limit`` others."""
+        for _ in range(limit):
+            if (message := self._receive(timeout)).kind in kinds:
+                return message
+        raise ProtocolError(f"{self.name}: no {' or '.join(kinds)} message from the peer among {limit} messages")
+
+    def _receive(self, timeout):
         with self._receive_lock:
             self._check_usable()
             try:
@@ -162,12 +186,9 @@ class Endpoint:
             self.messages_received += 1
             self.bytes_received += len(data)
         try:
-            message = Message.decode(data)
+            return Message.decode(data)
         except ValueError as error:
             raise ProtocolError(f"{self.name}: malformed message from the peer: {error}") from None
-        if message.kind == "abort" and kind != "abort":
-            raise ProtocolError(f"the peer aborted: {message['reason']}")
-        return message if kind is None else message.expect(kind)
 
     def close(self):
         """End the endpoint; further use raises :class:`ChannelClosed`."""

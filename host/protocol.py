@@ -13,9 +13,18 @@ Each side is an object that knows only its own data and talks to the other only 
 6. ``cascade*``  Bob asks, Alice answers: Cascade reconciliation of the Z-basis raw key (every parity counted).
 7. ``verify``    Alice -> Bob: a universal hash of her key (log2(1/eps_cor) bits) and its seed; Bob answers.
 8. ``amplify``   Alice -> Bob: the secret length from the finite-key bound and a fresh Toeplitz seed; both hash.
+9. ``close``     both ways: whether this side has a key; the only tagged messages of the block.
 
 Either side aborts the block with a reason (an ``abort`` message to the peer) when anything is off; no key is
 released from an aborted block.
+
+Authentication: every message before ``close`` goes untagged, and each side's ``close`` carries the Wegman-Carter
+tag over all of that side's messages of the block (:mod:`qkdlink.host.auth`), so a block costs one tag each way
+however many sifting batches and Cascade round trips it takes. A side acts on the peer's messages as they come
+but releases a key only after the peer's ``close`` checks out, so a man in the middle who changes anything in the
+block can make it fail, never make it give a key. A block that fails still ends with the ``close`` exchange, so a
+tampered message is reported as such even when it broke the protocol first, and the next block starts with
+nothing of this one left unverified.
 """
 
 import math
@@ -181,23 +190,48 @@ class _Side:
         self.settings = settings
         self.entropy = entropy
 
+    def _say(self, message):
+        """Send a message of the block: untagged, the block's ``close`` authenticates it."""
+        self.endpoint.send(message, tagged=False)
+
     def _guarded(self, block, run):
         result = BlockResult(block)
         started = time.perf_counter()
         try:
-            run(result)
-        except ChannelClosed as error:
-            result.key, result.abort_reason = None, str(error)
-        except (ProtocolError, ValueError) as error:
-            # A ValueError here comes from data the peer sent (counts, seeds, lengths that do not fit): the block
-            # is aborted like any other protocol violation.
-            reason = str(error) if isinstance(error, ProtocolError) else f"invalid data from the peer: {error}"
+            try:
+                run(result)
+            except ChannelClosed:
+                raise
+            except (ProtocolError, ValueError) as error:
+                # A ValueError here comes from data the peer sent (counts, seeds, lengths that do not fit): the
+                # block is aborted like any other protocol violation.
+                reason = str(error) if isinstance(error, ProtocolError) else f"invalid data from the peer: {error}"
+                result.key, result.abort_reason = None, reason
+                # The peer is waiting for a message from us unless it aborted first or knows already.
+                if not isinstance(error, BlockAborted) and not reason.startswith("the peer aborted"):
+                    self._say(Message("abort", {"reason": reason}))
+            self._close(result)
+        except ProtocolError as error:          # the channel failed, or the close exchange did
+            reason = str(error)
+            if result.abort_reason is not None:
+                reason += f" (the block had failed already: {result.abort_reason})"
             result.key, result.abort_reason = None, reason
-            # The peer is waiting for a message from us unless it aborted first or knows already.
-            if not isinstance(error, BlockAborted) and not reason.startswith("the peer aborted"):
-                self.endpoint.send(Message("abort", {"reason": reason}))
         result.figures["seconds"] = time.perf_counter() - started
         return result
+
+    def _close(self, result):
+        """End the block: a tagged ``close`` each way, which authenticates every message of the block. The key
+        stays only if the peer's tag checks out (its check raises otherwise) and the peer has the key too."""
+        self.endpoint.send(Message("close", {"key": int(result.key is not None)}))
+        peer_abort = None
+        while (message := self.endpoint.skip_until("close", "abort")).kind == "abort":
+            peer_abort = message["reason"]
+        if self.endpoint.unverified:
+            raise ProtocolError(f"{self.endpoint.unverified} messages of the peer are still unverified after its "
+                                f"close")
+        if result.key is not None and not message["key"]:
+            result.key = None
+            result.abort_reason = f"the peer aborted: {peer_abort}" if peer_abort else "the peer has no key"
 
     def _finite_key(self, counts, leak, result):
         figures = secret_length(counts, self.settings.decoy, leak_ec=leak,
@@ -228,7 +262,7 @@ class Alice(_Side):
         return self._guarded(block, lambda result: self._run(block, pulses, choices, result))
 
     def _run(self, block, pulses, choices, result):
-        self.endpoint.send(Message("block", {"block": block, "pulses": pulses}))
+        self._say(Message("block", {"block": block, "pulses": pulses}))
         detections, last = 0, -1
         while (detect := self.endpoint.receive()).kind != "detected":
             detect.expect("detect")
@@ -239,7 +273,7 @@ class Alice(_Side):
             if np.any(bob_bases > 1):
                 raise ProtocolError("Bob's detections carry a basis other than Z or X")
             bases, intensities = choices.answer(slots, bob_bases, detect["frames"])
-            self.endpoint.send(Message("sift", {"basis": bases, "intensity": intensities}))
+            self._say(Message("sift", {"basis": bases, "intensity": intensities}))
             detections += slots.size
             last = slots[-1] if slots.size else last
         sifted = choices.sifted()
@@ -258,7 +292,7 @@ class Alice(_Side):
                                  eps_sec=self.settings.eps_sec, eps_cor=self.settings.eps_cor)
         if estimate.length <= 0:
             raise ProtocolError(f"no key can be extracted: {estimate.abort_reason}")
-        self.endpoint.send(Message("estimate", {"n_z": np.array(counts.n_z, np.int64),
+        self._say(Message("estimate", {"n_z": np.array(counts.n_z, np.int64),
                                                 "n_x": np.array(n_x, np.int64),
                                                 "m_x": np.array(m_x, np.int64)}))
 
@@ -275,13 +309,13 @@ class Alice(_Side):
             except ValueError as error:
                 raise ProtocolError(f"malformed parity request: {error}") from None
             leak += len(reply)
-            self.endpoint.send(Message("parities", {"reply": reply.encode()}))
+            self._say(Message("parities", {"reply": reply.encode()}))
         corrected = message["corrected"]
         result.figures.update(qber_z=corrected / max(key.size, 1), round_trips=message["round_trips"])
 
         seed = self.entropy.bits(key.size + self.settings.verification_bits - 1)
         tag = toeplitz_hash(key, seed, self.settings.verification_bits)
-        self.endpoint.send(Message("verify", {"seed": pack_bits(seed), "tag": pack_bits(tag)}))
+        self._say(Message("verify", {"seed": pack_bits(seed), "tag": pack_bits(tag)}))
         if not self.endpoint.receive("verified")["equal"]:
             raise BlockAborted("verification failed: the keys differ after reconciliation")
 
@@ -291,9 +325,8 @@ class Alice(_Side):
         if figures.length > key.size:
             raise ProtocolError(f"the finite-key bound gives {figures.length} bits from a {key.size}-bit key")
         seed = self.entropy.bits(key.size + figures.length - 1)
-        self.endpoint.send(Message("amplify", {"length": figures.length, "seed": pack_bits(seed)}))
+        self._say(Message("amplify", {"length": figures.length, "seed": pack_bits(seed)}))
         self._amplify(key, seed, figures.length, result)
-        self.endpoint.receive("done")
 
 
 class Bob(_Side):
@@ -318,7 +351,7 @@ class Bob(_Side):
         squashed = detections.squash(self.entropy)
         count = 0
         for slots, bases, frames in squashed.batches():
-            self.endpoint.send(Message("detect", {"slot": np.asarray(slots, dtype=np.int64), "basis": bases,
+            self._say(Message("detect", {"slot": np.asarray(slots, dtype=np.int64), "basis": bases,
                                                   "frames": frames}))
             answer = self.endpoint.receive("sift")
             alice_bases = answer["basis"].astype(np.uint8)
@@ -327,9 +360,9 @@ class Bob(_Side):
                 raise ProtocolError("Alice's sifting answer does not match Bob's detections")
             squashed.answer(alice_bases, intensities)
             count += bases.size
-        self.endpoint.send(Message("detected"))
+        self._say(Message("detected"))
         sifted = squashed.sifted()
-        self.endpoint.send(Message("test", {"bits": sifted.test}))
+        self._say(Message("test", {"bits": sifted.test}))
 
         estimate = self.endpoint.receive("estimate")
         counts = BlockCounts(n_z=tuple(int(c) for c in estimate["n_z"]),
@@ -342,12 +375,12 @@ class Bob(_Side):
                               qber_x=qber_x)
 
         shuffle_seed = self.entropy.bytes(16)
-        self.endpoint.send(Message("cascade", {"shuffle_seed": shuffle_seed}))
+        self._say(Message("cascade", {"shuffle_seed": shuffle_seed}))
         try:
             session = cascade_bob(sifted.key, min(qber_x, _CASCADE_QBER_LIMIT), shuffle_seed=shuffle_seed)
             request = next(session)
             while True:
-                self.endpoint.send(Message("parity", {"request": request.encode()}))
+                self._say(Message("parity", {"request": request.encode()}))
                 reply = ParityReply.decode(self.endpoint.receive("parities")["reply"])
                 request = session.send(reply)
         except StopIteration as stop:
@@ -355,7 +388,7 @@ class Bob(_Side):
         except ValueError as error:
             # A malformed or inconsistent answer: the channel is not what it should be.
             raise ProtocolError(f"reconciliation failed: {error}") from None
-        self.endpoint.send(Message("cascade_done", {"corrected": cascade.corrected,
+        self._say(Message("cascade_done", {"corrected": cascade.corrected,
                                                     "round_trips": cascade.round_trips}))
         key = cascade.key
         result.figures.update(qber_z=cascade.corrected / max(key.size, 1), round_trips=cascade.round_trips)
@@ -364,7 +397,7 @@ class Bob(_Side):
         t = self.settings.verification_bits
         seed = unpack_bits(verify["seed"], key.size + t - 1)
         equal = pack_bits(toeplitz_hash(key, seed, t)) == verify["tag"]
-        self.endpoint.send(Message("verified", {"equal": equal}))
+        self._say(Message("verified", {"equal": equal}))
         if not equal:
             raise BlockAborted("verification failed: the keys differ after reconciliation")
 
@@ -375,4 +408,3 @@ class Bob(_Side):
                                 f"gives {figures.length}")
         seed = unpack_bits(amplify["seed"], key.size + figures.length - 1)
         self._amplify(key, seed, figures.length, result)
-        self.endpoint.send(Message("done"))

@@ -19,9 +19,9 @@ from . import optics
 __all__ = ["LinkBlock", "PAD_BYTES_PER_BLOCK", "pulses_for", "run_link"]
 
 
-# One-time pad for the Wegman-Carter tags of a block, each way: 16 bytes a message; a block of 10^6 bits takes about
-# 150 messages each way, a board block some hundreds more.
-PAD_BYTES_PER_BLOCK = 1 << 16
+# One-time pad for the Wegman-Carter tags of a block, each way: a block takes one tag (16 bytes) each way, and the
+# session's first tag a hash key (32 bytes) too; the rest is room to spare.
+PAD_BYTES_PER_BLOCK = 256
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from qkdlink.host.auth import (Authenticator, AuthenticationFailed, PadExhausted, PadPool, StorePad, STREAMS,
-                               forgery_probability, pad_cost, poly_hash, refill, skip_to, split_key)
+from qkdlink.host.auth import (TAGGED, UNTAGGED, Authenticator, AuthenticationFailed, PadExhausted, PadPool, StorePad, STREAMS,
+                               MAX_SPAN, PolyHash, forgery_probability, pad_cost, poly_hash, refill, skip_to,
+                               split_key)
 from qkdlink.host.channel import ChannelClosed
 
 
@@ -21,13 +22,20 @@ def reference_hash(key, data, *, prime=P, chunk=15):
     return sum(c * pow(key, len(chunks) - i, prime) for i, c in enumerate(coefficients)) % prime
 
 
-def reference_frame(label, sequence, payload, hash_key, r):
-    """The frame of the module docstring, from the hash key (k, b) and the pad element r."""
-    k, b = hash_key
-    data = bytes([len(label)]) + label.encode() + sequence.to_bytes(8, "little") + \
-        len(payload).to_bytes(8, "little") + payload
-    tag = (reference_hash(k, data) + b + r) % P
-    return sequence.to_bytes(8, "little") + payload + tag.to_bytes(16, "little")
+def reference_data(label, tagged, sequence, payload):
+    """The authenticated data of one message, as the module docstring lays it out."""
+    return (bytes([len(label)]) + label.encode() + bytes([0xA5 if tagged else 0x5A]) + sequence.to_bytes(8, "little") +
+            len(payload).to_bytes(8, "little") + payload)
+
+
+def reference_frame(tagged, sequence, payload, span=b"", hash_key=None, r=None):
+    """The frame of the module docstring; a tagged one's tag covers the authenticated data ``span`` (the span's
+    untagged messages and this one), with the hash key (k, b) and the pad element r."""
+    frame = bytes([0xA5 if tagged else 0x5A]) + sequence.to_bytes(8, "little") + payload
+    if tagged:
+        k, b = hash_key
+        frame += ((reference_hash(k, span) + b + r) % P).to_bytes(16, "little")
+    return frame
 
 
 def pads(nbytes=1 << 16, seed=None):
@@ -82,15 +90,29 @@ class PolyHashTestCase(unittest.TestCase):
             worst = np.bincount(differences, minlength=prime).max()
             self.assertLessEqual(worst, max(len(x), len(y)), f"{x!r} {y!r}")
 
+    def test_incremental_hash_is_the_hash_of_the_whole(self):
+        rng = np.random.default_rng(11)
+        for _ in range(50):
+            data = rng.bytes(int(rng.integers(0, 200)))
+            key = int.from_bytes(rng.bytes(16), "little") % P
+            cuts = sorted(int(c) for c in rng.integers(0, len(data) + 1, size=int(rng.integers(0, 6))))
+            hasher = PolyHash(key)
+            for start, end in zip([0, *cuts], [*cuts, len(data)]):
+                hasher.update(data[start:end])
+            self.assertEqual(hasher.value(), reference_hash(key, data), f"{len(data)} bytes cut at {cuts}")
+            self.assertEqual(hasher.nbytes, len(data))
+
     def test_chunks_must_fit_the_field(self):
         with self.assertRaisesRegex(ValueError, r"2-byte chunks do not fit below 8191"):
             poly_hash(1, b"ab", prime=8191, chunk=2)
 
     def test_forgery_probability(self):
-        # 27 bytes of label, sequence number and length come before the payload.
+        # 28 bytes of label, flag, sequence number and length come before each payload.
         for nbytes in [0, 1000, 2**20]:
-            self.assertEqual(forgery_probability(nbytes), math.ceil((27 + nbytes) / 15) / P)
+            self.assertEqual(forgery_probability(nbytes), math.ceil((28 + nbytes) / 15) / P)
+            self.assertEqual(forgery_probability(nbytes, messages=10), math.ceil((280 + nbytes) / 15) / P)
         self.assertLess(forgery_probability(2**30), 2.0**-100)
+        self.assertLess(forgery_probability(MAX_SPAN, messages=0), 2.0**-94.9)
 
 
 class AuthenticatorTestCase(unittest.TestCase):
@@ -108,15 +130,23 @@ class AuthenticatorTestCase(unittest.TestCase):
             self.assertNotEqual(value, P)
             return value
 
-        # Draw order: k and b at messages 0 and 2 (rekey_interval 2), r at every message.
-        expected = []
-        for sequence, payload in enumerate([b"first", b"", b"x" * 40, b"last one"]):
-            if sequence % 2 == 0:
+        # Spans: [0], [1 2 3], [4], [5 6]. Draw order: k and b where the spans of tags 0 and 2 start (rekey
+        # interval 2: messages 0 and 4), r at every tag.
+        messages = [(b"first", True), (b"", False), (b"x" * 40, False), (b"last one", True), (b"a", True),
+                    (b"b", False), (b"c", True)]
+        span = b""
+        for sequence, (payload, tagged) in enumerate(messages):
+            if not span and sequence in (0, 4):
                 hash_key = draw(), draw()
-            expected.append(reference_frame("alice->bob", sequence, payload, hash_key, draw()))
-            self.assertEqual(alice.seal(payload), expected[-1], f"message {sequence}")
+            span += reference_data("alice->bob", tagged, sequence, payload)
+            expected = (reference_frame(True, sequence, payload, span, hash_key, draw()) if tagged else
+                        reference_frame(False, sequence, payload))
+            self.assertEqual(alice.seal(payload, tagged=tagged), expected, f"message {sequence}")
+            span = b"" if tagged else span
         self.assertEqual(pad.position("alice->bob"), offset)
+        self.assertEqual(offset, 16 * (2 * 2 + 4))
         self.assertEqual(alice.pad_consumed, {"alice->bob": offset, "bob->alice": 0})
+        self.assertEqual((alice.sent, alice.tags_sent), (7, 4))
 
     def test_round_trips_keep_the_pads_in_step(self):
         alice, bob, alice_pad, bob_pad = session(rekey_interval=100, nbytes=1 << 17)
@@ -155,15 +185,75 @@ class AuthenticatorTestCase(unittest.TestCase):
     def test_every_single_bit_flip_is_detected(self):
         alice = session(seed=5)[0]
         frame = alice.seal(b"hello")
+        following = alice.seal(b"next")
         for bit in range(8 * len(frame)):
             _, bob, _, _ = session(seed=5)
             tampered = bytearray(frame)
             tampered[bit // 8] ^= 1 << bit % 8
-            with self.subTest(bit=bit), self.assertRaises(AuthenticationFailed) as caught:
-                bob.open(bytes(tampered))
-            self.assertEqual(caught.exception.kind, "sequence" if bit < 64 else "tag")
+            with self.subTest(bit=bit):
+                with self.assertRaises(AuthenticationFailed) as caught:
+                    bob.open(bytes(tampered))
+                self.assertEqual(caught.exception.kind, "malformed" if bit < 8 else "sequence" if bit < 72 else "tag")
         _, bob, _, _ = session(seed=5)
         self.assertEqual(bob.open(frame), b"hello")
+        self.assertEqual(bob.open(following), b"next")
+
+    def test_untagged_messages_wait_for_their_tag(self):
+        alice, bob, alice_pad, bob_pad = session(seed=7)
+        payloads = [b"sift", b"", b"estimate" * 100, b"close"]
+        frames = [alice.seal(payload, tagged=index == 3) for index, payload in enumerate(payloads)]
+        for index, frame in enumerate(frames[:3]):
+            self.assertEqual(bob.open(frame), payloads[index])
+            self.assertEqual(bob.unverified, index + 1)
+        self.assertEqual(bob.open(frames[3]), b"close")
+        self.assertEqual(bob.unverified, 0)
+        # One hash key and one tag for the four messages, on both sides.
+        self.assertEqual(alice_pad.position("alice->bob"), 48)
+        self.assertEqual(bob_pad.position("alice->bob"), 48)
+        self.assertEqual((bob.received, bob.tags_received), (4, 1))
+
+    def test_a_tampered_untagged_message_fails_at_its_tag(self):
+        alice = session(seed=8)[0]
+        frames = [alice.seal(payload, tagged=False) for payload in (b"one", b"two", b"three")]
+        frames.append(alice.seal(b"tag", tagged=True))
+        frames.append(alice.seal(b"after", tagged=True))
+        untagged_as_tagged = bytes([TAGGED]) + frames[2][1:]
+        tag_stripped = bytes([UNTAGGED]) + frames[3][1:-16]
+        for name, tampered, kind, pattern in [
+                ("payload bit", [frames[0], frames[1][:-1] + b"u", *frames[2:4]], "tag",
+                 r"messages 0-3 \(\d+ bytes with their headers\) have a wrong tag"),
+                ("dropped", [frames[0], frames[2]], "sequence", r"message number 2 where 1"),
+                ("replayed", [frames[0], frames[0]], "sequence", r"message number 0 where 1"),
+                ("cut short", [frames[0], frames[1], frames[2][:-1], frames[3]], "tag", r"messages 0-3"),
+                ("flag set", [frames[0], frames[1], untagged_as_tagged], "truncated",
+                 r"tagged frame of 14 bytes"),
+                ("tag moved", [frames[0], frames[1], untagged_as_tagged + frames[3][-16:]], "tag", r"messages 0-2"),
+                ("tag stripped", [*frames[:3], tag_stripped, frames[4]], "tag", r"messages 0-4"),
+                ("unknown flag", [bytes([2]) + frames[0][1:]], "malformed", r"frame flag 0x02 is neither untagged \(0x5a\) nor tagged \(0xa5\)")]:
+            with self.subTest(name):
+                bob = session(seed=8)[1]
+                for frame in tampered[:-1]:
+                    bob.open(frame)
+                self.check_fails(bob, tampered[-1], kind, pattern)
+
+    def test_spans_are_bounded(self):
+        # A sender tags a message that would take its span past half the bound; a receiver fails a longer span.
+        alice, bob, _, _ = session(seed=9)
+        alice.max_span = bob.max_span = 400
+        frames = [alice.seal(bytes(50), tagged=False) for _ in range(4)]
+        self.assertEqual([frame[0] for frame in frames], [UNTAGGED, UNTAGGED, TAGGED, UNTAGGED])   # 78 bytes each
+        with self.assertRaisesRegex(ValueError, r"a 200-byte message is more than half the 400 bytes"):
+            alice.seal(bytes(200))
+        for frame in frames[:3]:
+            bob.open(frame)
+        self.assertEqual(bob.unverified, 0)
+        _, _, alice_pad, bob_pad = session(seed=9)
+        greedy = Authenticator(alice_pad, "alice", max_span=10**6)
+        bob = Authenticator(bob_pad, "bob", max_span=400)
+        frames = [greedy.seal(bytes(100), tagged=False) for _ in range(4)]
+        for frame in frames[:3]:
+            bob.open(frame)
+        self.check_fails(bob, frames[3], "oversize", r"messages 0-3 hold 512 bytes without a tag, more than the 400")
 
     def check_fails(self, receiver, frame, kind, pattern):
         with self.assertRaisesRegex(AuthenticationFailed, pattern) as caught:
@@ -183,7 +273,8 @@ class AuthenticatorTestCase(unittest.TestCase):
         first = alice.seal(b"one")
         bob.open(first)
         alice.seal(b"two")
-        self.check_fails(bob, (1).to_bytes(8, "little") + first[8:], "tag", r"message 1 \(3 bytes\) has a wrong tag")
+        self.check_fails(bob, first[:1] + (1).to_bytes(8, "little") + first[9:], "tag",
+                         r"message 1 \(3 bytes\) has a wrong tag")
 
     def test_reorder(self):
         alice, bob, _, _ = session()
@@ -199,9 +290,10 @@ class AuthenticatorTestCase(unittest.TestCase):
     def test_truncation_and_extension(self):
         frame = session(seed=6)[0].seal(b"a longer message")
         for name, tampered, kind in [("last byte cut", frame[:-1], "tag"),
-                                     ("payload cut", frame[:8 + 5] + frame[-16:], "tag"),
+                                     ("payload cut", frame[:9 + 5] + frame[-16:], "tag"),
                                      ("payload extended", frame[:-16] + b"!" + frame[-16:], "tag"),
-                                     ("shorter than a tag", frame[:23], "truncated"),
+                                     ("shorter than a tag", frame[:24], "truncated"),
+                                     ("shorter than a header", frame[:8], "truncated"),
                                      ("empty", b"", "truncated")]:
             with self.subTest(name):
                 self.check_fails(session(seed=6)[1], tampered, kind, "authentication failed")

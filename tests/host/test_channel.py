@@ -24,10 +24,10 @@ def pads(nbytes=1 << 16):
     return PadPool.from_secret(secret), PadPool.from_secret(secret)
 
 
-def cost(messages, rekey_interval=1024):
-    """Pad bytes a direction takes for a session of ``messages`` messages (the handshake confirmation included):
-    16 per message and 32 per hash key, one at the start and one every ``rekey_interval`` messages."""
-    return 16 * messages + 32 * -(-messages // rekey_interval)
+def cost(tags, rekey_interval=1024):
+    """Pad bytes a direction takes for a session of ``tags`` tags (the handshake confirmation's included): 16 per
+    tag and 32 per hash key, one at the start and one every ``rekey_interval`` tags."""
+    return 16 * tags + 32 * -(-tags // rekey_interval)
 
 
 def recv_exactly(sock, count):
@@ -45,7 +45,7 @@ def frame_of(header_and_body, *, sequence=None, body=None):
     old = header_and_body[4:]
     body = old if body is None else body
     if sequence is not None:
-        body = struct.pack("<Q", sequence) + body[8:]
+        body = body[:1] + struct.pack("<Q", sequence) + body[9:]
     return struct.pack("<I", len(body)) + body
 
 
@@ -304,13 +304,14 @@ class ManInTheMiddleTestCase(LinkTestCase):
         self.assertEqual(outcomes, (([0, 1, 2, 3], None), ([0, 1, 2, 3], None)))
 
     def test_one_flipped_bit_is_detected(self):
-        # Frame layout on the wire: length (4 bytes) | sequence number (8) | message | tag (16).
+        # Frame layout on the wire: length (4 bytes) | flag (1) | sequence number (8) | message | tag (16).
         def lowest_length_bit(frame):     # a shorter length: the frame is read short and its tag is wrong
             length = struct.unpack_from("<I", frame)[0]
             return (length & -length).bit_length() - 1
 
         regions = {"length": (lowest_length_bit, "tag"),
-                   "sequence": (lambda frame: 8 * 4, "sequence"),
+                   "flag": (lambda frame: 8 * 4, "malformed"),
+                   "sequence": (lambda frame: 8 * 5, "sequence"),
                    "message": (lambda frame: 8 * (len(frame) // 2) + 3, "tag"),
                    "tag": (lambda frame: 8 * len(frame) - 1, "tag")}
         for direction, victim in (("alice->bob", 1), ("bob->alice", 0)):
@@ -526,10 +527,12 @@ class ProtocolOverTCPTestCase(LinkTestCase):
         self.assertFalse(alice.aborted, alice.abort_reason)
         np.testing.assert_array_equal(alice.key, bob.key)
         for end in ends:
-            sent = end.messages_sent + 1        # and the handshake confirmation
+            # Two tags a direction: the handshake confirmation, and the block's close, which covers all of it.
+            self.assertEqual(end.authenticator.tags_sent, 2)
+            self.assertGreater(end.messages_sent, 10)
             stream = end.authenticator.send_stream
-            self.assertEqual(alice_pad.position(stream), cost(sent))
-            self.assertEqual(bob_pad.position(stream), cost(sent))
+            self.assertEqual(alice_pad.position(stream), cost(2))
+            self.assertEqual(bob_pad.position(stream), cost(2))
 
     def test_one_flipped_bit_aborts_the_block(self):
         # The man in the middle flips a bit in the middle of Bob's fourth message (after detect, detected and test:
@@ -542,6 +545,13 @@ class ProtocolOverTCPTestCase(LinkTestCase):
         self.assertTrue(alice.aborted and bob.aborted)
         self.assertIsNone(alice.key)
         self.assertIsNone(bob.key)
-        self.assertRegex(alice.abort_reason, r"alice: authentication failed on bob->alice: message \d+ .* wrong tag")
-        self.assertRegex(bob.abort_reason, r"bob: the peer closed the connection")
+        # Alice acts on the message as it comes (the flip breaks its shuffle seed's field name), and the tag of
+        # Bob's close, over all his messages of the block, tells her why.
+        self.assertRegex(alice.abort_reason, r"^alice: authentication failed on bob->alice: messages 1-6 \(\d+ bytes "
+                                             r"with their headers\) have a wrong tag: .* \(the block had failed "
+                                             r"already: cascade message has no field 'shuffle_seed'\)$")
+        # Bob had Alice's genuine close before she checked his; then she hung up.
+        self.assertEqual(bob.abort_reason, "the peer aborted: cascade message has no field 'shuffle_seed'")
         self.assertEqual(ends[0].failures, {"tag": 1})
+        with self.assertRaisesRegex(ChannelClosed, r"bob: the peer closed the connection"):
+            ends[1].receive(timeout=TIMEOUT)

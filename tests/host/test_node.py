@@ -859,13 +859,14 @@ class NodesTestCase(unittest.TestCase):
                 sae_b.enc_keys("SAE-A", 1, 64)
             self.assertEqual(caught.exception.status, 400)
         # The man in the middle flips one bit of the 12th frame Alice sends in the next connection (it carries a
-        # sifting answer of the block then running). The frame is: sequence number (8 bytes), message, tag.
+        # sifting answer of the block then running). The frame is: flag (1 byte), sequence number (8 bytes),
+        # message; its tag comes with Alice's close of the block, which Bob checks whatever the flip did first.
         before = {role: len(link.log(role)) for role in ("alice", "bob")}
-        link.proxy.armed = (12, 8 * 8 + 77)
+        link.proxy.armed = (12, 9 * 8 + 77)
         link.stop("bob")
         link.start("bob")
         self.assertTrue(link.proxy.flipped.wait(60), "the proxy saw no 12th frame")
-        failure = link.wait_for("bob", r"ERROR: bob: authentication failed on alice->bob: message \d+ .*wrong tag",
+        failure = link.wait_for("bob", r"ERROR: bob: authentication failed on alice->bob: messages \d+-\d+ .*wrong tag",
                                 start=before["bob"])
         aborted = {role: link.wait_for(role, r"session ended: block aborted, nothing stored", start=before[role])
                    for role in ("alice", "bob")}

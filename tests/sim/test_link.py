@@ -52,6 +52,9 @@ class HonestLinkTestCase(unittest.TestCase):
         # Independent keys agree on about half their bits.
         agreement = np.mean(first.alice.key[:size] == second.alice.key[:size])
         self.assertAlmostEqual(agreement, 0.5, delta=0.01)
+        # Authentication: one tag (16 bytes of pad) each way a block, however many messages it takes, and at the
+        # first tag of the session the hash keys (32 bytes each way).
+        self.assertEqual((first.pad_bytes, second.pad_bytes), (2 * (32 + 16), 2 * 16))
 
 
 class EavesdropperTestCase(unittest.TestCase):
@@ -81,15 +84,20 @@ class EavesdropperTestCase(unittest.TestCase):
         self.assertLess(attacked_length, 0.5 * honest.alice.key.size)
 
 
-class TamperingEndpoint:
-    """A man in the middle on Bob's side that flips one bit of the first Cascade reply he passes on."""
+class ManInTheMiddle:
+    """Bob's endpoint as a man in the middle on his side passes messages on: as they are, unless a subclass says
+    otherwise (on a channel without authentication, to see what the protocol itself catches)."""
 
     def __init__(self, endpoint):
         self.endpoint = endpoint
         self.tampered = False
 
-    def send(self, message):
-        self.endpoint.send(message)
+    def __getattr__(self, name):
+        return getattr(self.endpoint, name)
+
+
+class TamperingEndpoint(ManInTheMiddle):
+    """A man in the middle on Bob's side that flips one bit of the first Cascade reply he passes on."""
 
     def receive(self, kind=None, **kwargs):
         message = self.endpoint.receive(kind, **kwargs)
@@ -98,6 +106,30 @@ class TamperingEndpoint:
             reply[-1] ^= 0x01
             self.tampered = True
             message = Message("parities", {"reply": bytes(reply)})
+        return message
+
+
+class NoKeyEndpoint(ManInTheMiddle):
+    """A man in the middle that tells Bob, at the end of the block, that Alice has no key."""
+
+    def skip_until(self, *kinds, **kwargs):
+        message = self.endpoint.skip_until(*kinds, **kwargs)
+        if message.kind == "close":
+            self.tampered = True
+            message = Message("close", {"key": 0})
+        return message
+
+
+class ForgedEstimateEndpoint(ManInTheMiddle):
+    """A man in the middle that rewrites Alice's estimate so that the X-basis errors exceed the detections."""
+
+    def receive(self, kind=None, **kwargs):
+        message = self.endpoint.receive(kind, **kwargs)
+        if message.kind == "estimate":
+            self.tampered = True
+            fields = dict(message.fields)
+            fields["m_x"] = fields["n_x"] + 1
+            message = Message("estimate", fields)
         return message
 
 
@@ -131,6 +163,14 @@ class ProtocolFaultTestCase(unittest.TestCase):
         else:
             np.testing.assert_array_equal(alice.key, bob.key)
 
+    def test_no_key_without_the_peers(self):
+        endpoints = []
+        alice, bob = self.run_block(lambda endpoint: endpoints.append(NoKeyEndpoint(endpoint)) or endpoints[0])
+        self.assertTrue(endpoints[0].tampered)
+        self.assertIsNotNone(alice.key)
+        self.assertIsNone(bob.key)
+        self.assertEqual(bob.abort_reason, "the peer has no key")
+
     def test_unknown_slot_aborts_both(self):
         def shift(record):
             return DetectionRecord(record.slot + 1, record.pattern)
@@ -140,21 +180,6 @@ class ProtocolFaultTestCase(unittest.TestCase):
         self.assertIn("slot Alice has no record of", alice.abort_reason)
         self.assertIn("the peer aborted", bob.abort_reason)
 
-
-class ForgedEstimateEndpoint(TamperingEndpoint):
-    """A man in the middle that rewrites Alice's estimate so that the X-basis errors exceed the detections."""
-
-    def receive(self, kind=None, **kwargs):
-        message = self.endpoint.receive(kind, **kwargs)
-        if message.kind == "estimate":
-            self.tampered = True
-            fields = dict(message.fields)
-            fields["m_x"] = fields["n_x"] + 1
-            message = Message("estimate", fields)
-        return message
-
-
-class ForgedDataTestCase(ProtocolFaultTestCase):
     def test_forged_counts_abort_both_sides_at_once(self):
         endpoints = []
         def wrap(endpoint):
