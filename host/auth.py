@@ -44,12 +44,15 @@ fails verification, at the latest at the span's tag. A frame on the wire is ``fl
 payload``, followed by the tag (16 bytes, little-endian) if it is tagged.
 
 A receiver acts on an untagged message before its tag arrives, so a protocol must release nothing that depends
-on one before the tag: :attr:`Authenticator.unverified` counts them. The protocol (:mod:`qkdlink.host.protocol`)
-sends a block's messages untagged and ends the block with one tagged message each way, checked before a key is
-released (the "ping-pong" check of Kiktenko et al., "Lightweight authentication for quantum key distribution",
-IEEE TIT 66, 2020, with one tag per direction): what a man in the middle changes in between can make the block
-fail, but never make either side accept a key. Messages outside blocks (the handshake, the nodes' commits) are
-tagged one by one.
+on one before the tag: :attr:`Authenticator.unverified` counts them. A receiver also says, message by message,
+whether it accepts one untagged (:meth:`Authenticator.open`): a frame that comes untagged where a tag is due fails
+at once, or a man in the middle could strip a tag, rewrite the message and have it acted on. The protocol
+(:mod:`qkdlink.host.protocol`) sends a block's messages untagged and ends the block with three tagged messages,
+each sent only after the one before it checked out: Alice's close, Bob's close, Alice's confirmation. A side
+keeps its key only when it knows that both directions of the block were authentic (the "ping-pong" check of
+Kiktenko et al., "Lightweight authentication for quantum key distribution", IEEE TIT 66, 2020): what a man in the
+middle changes in between can make the block fail, but never make either side keep a key. Messages outside
+blocks (the handshake, the nodes' commits and key management) are tagged one by one and accepted only tagged.
 
 Key recycling: the hash key ``(k, b)`` is used for many tags; only each tag's ``r`` is used once. Portmann ("Key
 recycling in authentication", IEEE Trans. Inf. Theory 60(7), 2014; arXiv:1202.1229) showed, in a composable
@@ -70,8 +73,10 @@ of chunks of the longer of the two spans' authenticated data (28 bytes per messa
 sends a frame for a sequence number whose genuine tag he has not seen is accepted with probability ``1/p``. A
 receiver fails a span of more than ``max_span`` authenticated bytes (:data:`MAX_SPAN`, 64 GiB) and a sender tags
 before its span would reach half of that, so every tag holds ``epsilon <= 2**-94.9`` whatever the adversary
-sends. Genuine spans are far shorter: a single 1 kB message has ``2**-120.9``, a 1 MiB span ``2**-110.9``
-(:func:`forgery_probability`). A session of ``N`` tags: at most the sum of their ``epsilon``.
+sends. Since the adversary chooses the length of what he substitutes, that cap is the term to add up: a session
+of ``N`` tags is authenticated except with probability at most ``N * 2**-94.9``. (Against an adversary who only
+alters bits in place, the genuine span's length bounds it: ``2**-120.9`` for a 1 kB message, ``2**-110.9`` for a
+1 MiB span; :func:`forgery_probability`.)
 
 Pad cost: every tag takes 16 bytes (128 bits: a 127-bit element of ``Z_p``) of its direction's pad stream, and
 every new hash key 32 bytes, however many messages the tag covers; both the sender and the receiver take them,
@@ -300,9 +305,12 @@ class Authenticator:
         self.sent += 1
         return frame
 
-    def open(self, frame):
-        """The payload of ``frame``, the peer's next message; :class:`AuthenticationFailed` unless it is genuine
-        (if it is tagged) or could be (if it is not: its tag comes later, see :attr:`unverified`)."""
+    def open(self, frame, *, untagged=False):
+        """The payload of ``frame``, the peer's next message; :class:`AuthenticationFailed` unless it is genuine.
+
+        A frame must be tagged unless ``untagged`` says that this message may wait for a later tag (see
+        :attr:`unverified`): otherwise a man in the middle could strip a tag, rewrite the message, and have it
+        acted on before anything is checked."""
         self._check_usable()
         frame = bytes(frame)
         if len(frame) < _SEQUENCE.size:
@@ -312,6 +320,9 @@ class Authenticator:
         if flag not in (UNTAGGED, TAGGED):
             self._fail("malformed", f"frame flag {flag:#04x} is neither untagged ({UNTAGGED:#04x}) nor tagged "
                                     f"({TAGGED:#04x})")
+        if flag == UNTAGGED and not untagged:
+            self._fail("untagged", f"message {sequence} came untagged where a tagged one was due (its tag stripped, "
+                                   f"or the peer out of step)")
         if flag == TAGGED and len(frame) < _SEQUENCE.size + TAG_BYTES:
             self._fail("truncated", f"tagged frame of {len(frame)} bytes, shorter than a flag, a sequence number "
                                     f"and a tag ({_SEQUENCE.size + TAG_BYTES} bytes)")
@@ -332,6 +343,17 @@ class Authenticator:
             self.tags_received += 1
         self.received += 1
         return payload
+
+    def expect_verified(self, what="the last message"):
+        """Raise :class:`AuthenticationFailed`, ending the session, if any message of the peer waits for its tag:
+        for a message that was opened untagged before its kind was known, when that kind must come tagged."""
+        self._check_usable()
+        span = self._spans[self.receive_stream]
+        if span is not None:
+            last = self.received - 1
+            waiting = f"message {last} is" if span.first == last else f"messages {span.first}-{last} are"
+            self._fail("untagged", f"{what} came untagged where a tagged one was due (its tag stripped, or the "
+                                   f"peer out of step): {waiting} unverified")
 
     def _absorb(self, stream, flag, sequence, payload):
         """Add a message to its direction's span, starting the span (and drawing a fresh hash key when the span's

@@ -574,6 +574,15 @@ class Board:
 
     # Streams.
 
+    def stream_offsets(self, name):
+        """``(low, high)``: stream ``name``'s byte offsets as the driver knows them (the first time, learned from
+        the board with a request that changes nothing; after that, from each transfer). An out stream holds the
+        bytes from ``low`` to ``high`` for the host; an in stream has taken every byte before ``high``. The
+        board counts modulo 2^32; these are the driver's integers, which do not wrap within a session."""
+        self._check_usable()
+        state = self._sync(self._stream(name))
+        return state.low, state.high
+
     def _stream(self, name, out=None):
         try:
             stream = self._streams[name]

@@ -11,8 +11,9 @@ carries. Two transports implement :class:`Endpoint`:
 Authentication (:mod:`qkdlink.host.auth`) turns each encoded message into a frame, ``flag (1 byte) | sequence
 number (8 bytes) | message``, and a tagged message's frame ends with its Wegman-Carter tag (16 bytes), which also
 covers the untagged messages sent since the previous tag; on TCP each frame is preceded by its length (4 bytes,
-little-endian). :meth:`Endpoint.send` tags a message unless told otherwise; :attr:`Endpoint.unverified` counts the
-peer's messages received and still waiting for their tag. A TCP session starts with a handshake:
+little-endian). :meth:`Endpoint.send` tags a message unless told otherwise, and :meth:`Endpoint.receive` accepts only
+tagged messages unless told otherwise; :attr:`Endpoint.unverified` counts the peer's messages received and still
+waiting for their tag. A TCP session starts with a handshake:
 
 1. Each side sends a *hello*, unauthenticated: ``b"QKDL"``, version (1 byte), its role (1-byte length and UTF-8),
    and how many bytes of each pad stream it has ever used (8 bytes each, in the order of
@@ -26,7 +27,7 @@ peer's messages received and still waiting for their tag. A TCP session starts w
 
 Failures: :class:`ChannelClosed` when the peer went away or did not answer in time, :class:`AuthenticationFailed`
 when a frame is not genuine (its ``kind``: ``"tag"``, ``"sequence"``, ``"truncated"``, ``"malformed"``,
-``"oversize"``, ``"handshake"``), :class:`~qkdlink.host.auth.PadExhausted` when a pad stream runs out. Each is counted in the
+``"untagged"``, ``"oversize"``, ``"handshake"``), :class:`~qkdlink.host.auth.PadExhausted` when a pad stream runs out. Each is counted in the
 endpoint's :attr:`Endpoint.failures` and logged. An authentication failure or an exhausted pad ends the endpoint
 for good (it refuses further use; the block in progress aborts and nothing from it enters a key); a TCP endpoint
 ends on any failure, closing the connection so that the peer learns at once, because after a failed read it can
@@ -87,7 +88,7 @@ class AuthenticationFailed(ChannelClosed):
     """A frame from the peer is not genuine: forged, altered, replayed, reordered, reflected or cut short.
 
     ``kind`` says which check failed: ``"tag"``, ``"sequence"``, ``"truncated"``, ``"malformed"``,
-    ``"oversize"`` or ``"handshake"``. The endpoint refuses further use.
+    ``"untagged"``, ``"oversize"`` or ``"handshake"``. The endpoint refuses further use.
     """
 
     fatal = True
@@ -156,30 +157,46 @@ class Endpoint:
             self.messages_sent += 1
             self.bytes_sent += len(data)
 
-    def receive(self, kind=None, *, timeout=60.0):
+    def receive(self, kind=None, *, timeout=60.0, untagged=False):
         """The next message; with ``kind``, raise :class:`ProtocolError` unless it is of that kind.
 
-        A peer's abort message is raised as :class:`ProtocolError` carrying its reason.
+        The message must come tagged unless ``untagged``: then it may wait for a later tag, and nothing that
+        depends on it may be released before :attr:`unverified` is 0. A peer's abort message is raised as
+        :class:`ProtocolError` carrying its reason.
         """
-        message = self._receive(timeout)
+        message = self._receive(timeout, untagged)
         if message.kind == "abort" and kind != "abort":
             raise ProtocolError(f"the peer aborted: {message['reason']}")
         return message if kind is None else message.expect(kind)
 
-    def skip_until(self, *kinds, timeout=60.0, limit=1 << 20):
-        """Receive and drop messages, aborts included, until one of ``kinds``; return it. For the end of a block,
-        when what is still in flight no longer matters; :class:`ProtocolError` after ``limit`` others."""
+    def skip_until(self, kind, *, timeout=60.0, limit=1 << 20):
+        """Receive messages, aborts included, until one of ``kind``, which must come tagged; ``(message,
+        skipped)``, ``skipped`` the messages before it. For the end of a block, when what is still in flight no
+        longer matters; :class:`ProtocolError` after ``limit`` others."""
+        skipped = []
         for _ in range(limit):
-            if (message := self._receive(timeout)).kind in kinds:
-                return message
-        raise ProtocolError(f"{self.name}: no {' or '.join(kinds)} message from the peer among {limit} messages")
+            message = self._receive(timeout, untagged=True)
+            if message.kind == kind:
+                if self.authenticator is not None:
+                    with self._receive_lock:
+                        self._guard(self.authenticator.expect_verified, f"the {kind} message")
+                return message, skipped
+            skipped.append(message)
+        raise ProtocolError(f"{self.name}: no {kind} message from the peer among {limit} messages")
 
-    def _receive(self, timeout):
+    def _guard(self, call, *args):
+        try:
+            return call(*args)
+        except ChannelClosed as error:
+            self._failed(error)
+            raise
+
+    def _receive(self, timeout, untagged):
         with self._receive_lock:
             self._check_usable()
             try:
                 frame = self._receive_frame(timeout)
-                data = frame if self.authenticator is None else self.authenticator.open(frame)
+                data = frame if self.authenticator is None else self.authenticator.open(frame, untagged=untagged)
             except ChannelClosed as error:
                 self._failed(error)
                 raise

@@ -102,13 +102,17 @@ class BoardChoices:
         Alice's board.
     released : int
         Frames freed before this block (the first frame the block may name).
+    frames : int, optional
+        Frames in the block: Bob may not report more complete (his reports are not yet authenticated when Alice
+        frees the frames, and a frame freed early is lost).
     timeout : float
         Seconds to wait for the board's answers.
     """
 
-    def __init__(self, board, *, released=0, timeout=30.0):
+    def __init__(self, board, *, released=0, frames=None, timeout=30.0):
         self.board = board
         self.released = released
+        self.end = None if frames is None else released + frames
         self.timeout = timeout
         self._frame_bits = board.frame_bits
         self._key_intensity, self._test = [], []
@@ -117,6 +121,8 @@ class BoardChoices:
         slots = np.asarray(slots, dtype=np.int64)
         bob_bases = np.asarray(bob_bases, dtype=np.uint8)
         frame = slots >> self._frame_bits
+        if self.end is not None and frames > self.end:
+            raise ProtocolError(f"Bob reports {frames} frames complete, past the block's end at frame {self.end}")
         if slots.size and (frame[0] < self.released or (frames and frame[-1] >= frames)):
             raise ProtocolError(f"Bob's detections name frames {frame[0]}..{frame[-1]}, outside the frames "
                                 f"{self.released}..{frames - 1} being sifted")

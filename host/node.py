@@ -765,13 +765,6 @@ class StoreSync:
 
 # ------------------------------------------------------------------------------------------ board alignment
 
-def _stream_offsets(board, name):
-    """``(low, high)`` byte offsets of stream ``name`` as the board reported them when the driver first touched the
-    stream. The driver has no public accessor; it learns them with a request that changes nothing."""
-    state = board._sync(board.streams[name])
-    return state.low, state.high
-
-
 def _start_board(board, configure):
     """Configure and start ``board`` unless it runs already (writing its slot timing stops it, and a Bob board
     stopped while Alice's emits loses frames: the two would count frames differently). True if it was started."""
@@ -842,8 +835,8 @@ def align_bob(endpoint, board, *, configure, check, timeout=60.0):
     detections, answers = board.streams["detections"], board.streams["answers"]
     # Every detection the board made waits in its detection memory for an answer, in order. Those before the
     # stream's low end were read by an earlier host; the answers' high end counts those it answered.
-    read_from = _stream_offsets(board, "detections")[0] // detections.beat_bytes
-    answered = _stream_offsets(board, "answers")[1] // answers.beat_bytes
+    read_from = board.stream_offsets("detections")[0] // detections.beat_bytes
+    answered = board.stream_offsets("answers")[1] // answers.beat_bytes
     _answer_not_sent(board, read_from - answered)
     drain = _DetectionDrain(board, skip=max(answered - read_from, 0))
     frame = board.read("frames")["frames"]
@@ -1161,7 +1154,7 @@ class Node:
         frames = self.config.block_frames
         before = self.store.accounting()
         if self.role == "alice":
-            choices = BoardChoices(board, released=frame)
+            choices = BoardChoices(board, released=frame, frames=frames)
             try:
                 result = Alice(endpoint, self.settings, self.entropy).run_block(
                     number, frames << board.frame_bits, choices)

@@ -13,18 +13,21 @@ Each side is an object that knows only its own data and talks to the other only 
 6. ``cascade*``  Bob asks, Alice answers: Cascade reconciliation of the Z-basis raw key (every parity counted).
 7. ``verify``    Alice -> Bob: a universal hash of her key (log2(1/eps_cor) bits) and its seed; Bob answers.
 8. ``amplify``   Alice -> Bob: the secret length from the finite-key bound and a fresh Toeplitz seed; both hash.
-9. ``close``     both ways: whether this side has a key; the only tagged messages of the block.
+9. ``close``     Alice -> Bob, then Bob -> Alice once Alice's checked out: whether the sender has a key.
+10. ``confirm``  Alice -> Bob, once Bob's close checked out: whether both keep the key.
 
 Either side aborts the block with a reason (an ``abort`` message to the peer) when anything is off; no key is
 released from an aborted block.
 
-Authentication: every message before ``close`` goes untagged, and each side's ``close`` carries the Wegman-Carter
-tag over all of that side's messages of the block (:mod:`qkdlink.host.auth`), so a block costs one tag each way
-however many sifting batches and Cascade round trips it takes. A side acts on the peer's messages as they come
-but releases a key only after the peer's ``close`` checks out, so a man in the middle who changes anything in the
-block can make it fail, never make it give a key. A block that fails still ends with the ``close`` exchange, so a
-tampered message is reported as such even when it broke the protocol first, and the next block starts with
-nothing of this one left unverified.
+Authentication: every message before the closes goes untagged, and the three last ones are tagged
+(:mod:`qkdlink.host.auth`): a tag covers every message its sender sent since its previous tag, so a block costs
+three tags (two from Alice, one from Bob) however many sifting batches and Cascade round trips it takes. A side
+acts on the peer's messages as they come, but each closing message goes out only after the one before it
+checked out, so Alice keeps her key once Bob's close has checked out (his messages were authentic, and he found
+hers so), and Bob keeps his once Alice's confirmation has (she found his so). A man in the middle who changes
+anything in the block can make it fail, never make either side keep a key from it. A block that fails still
+ends with the closing messages, so a tampered message is reported as such even when it broke the protocol
+first, and the next block starts with nothing of this one left unverified.
 """
 
 import math
@@ -180,6 +183,10 @@ def _counts(intensities, errors=None):
 _CASCADE_QBER_LIMIT = 0.49
 
 
+# What a field of the wrong type or size raises where the protocol uses it.
+_DATA_ERRORS = (ValueError, TypeError, AttributeError, IndexError, KeyError, OverflowError)
+
+
 class BlockAborted(ProtocolError):
     """Both sides learned together that the block failed (no abort message needs to go out)."""
 
@@ -191,8 +198,12 @@ class _Side:
         self.entropy = entropy
 
     def _say(self, message):
-        """Send a message of the block: untagged, the block's ``close`` authenticates it."""
+        """Send a message of the block: untagged, the sender's next closing message authenticates it."""
         self.endpoint.send(message, tagged=False)
+
+    def _hear(self, kind=None):
+        """Receive a message of the block: untagged, the peer's next closing message authenticates it."""
+        return self.endpoint.receive(kind, untagged=True)
 
     def _guarded(self, block, run):
         result = BlockResult(block)
@@ -202,16 +213,18 @@ class _Side:
                 run(result)
             except ChannelClosed:
                 raise
-            except (ProtocolError, ValueError) as error:
-                # A ValueError here comes from data the peer sent (counts, seeds, lengths that do not fit): the
-                # block is aborted like any other protocol violation.
-                reason = str(error) if isinstance(error, ProtocolError) else f"invalid data from the peer: {error}"
+            except (ProtocolError, *_DATA_ERRORS) as error:
+                # These come from data the peer sent (counts, seeds, lengths that do not fit, a field of the wrong
+                # type): the block is aborted like any other protocol violation.
+                reason = (str(error) if isinstance(error, ProtocolError) else
+                          f"invalid data from the peer: {error}" if isinstance(error, ValueError) else
+                          f"invalid data from the peer: {type(error).__name__}: {error}")
                 result.key, result.abort_reason = None, reason
                 # The peer is waiting for a message from us unless it aborted first or knows already.
                 if not isinstance(error, BlockAborted) and not reason.startswith("the peer aborted"):
                     self._say(Message("abort", {"reason": reason}))
             self._close(result)
-        except ProtocolError as error:          # the channel failed, or the close exchange did
+        except ProtocolError as error:          # the channel failed, or the closing messages did
             reason = str(error)
             if result.abort_reason is not None:
                 reason += f" (the block had failed already: {result.abort_reason})"
@@ -219,19 +232,12 @@ class _Side:
         result.figures["seconds"] = time.perf_counter() - started
         return result
 
-    def _close(self, result):
-        """End the block: a tagged ``close`` each way, which authenticates every message of the block. The key
-        stays only if the peer's tag checks out (its check raises otherwise) and the peer has the key too."""
-        self.endpoint.send(Message("close", {"key": int(result.key is not None)}))
-        peer_abort = None
-        while (message := self.endpoint.skip_until("close", "abort")).kind == "abort":
-            peer_abort = message["reason"]
-        if self.endpoint.unverified:
-            raise ProtocolError(f"{self.endpoint.unverified} messages of the peer are still unverified after its "
-                                f"close")
-        if result.key is not None and not message["key"]:
+    def _keep(self, result, keep, skipped):
+        """Drop the key unless ``keep``; the reason from an abort among the ``skipped`` messages, if any."""
+        if result.key is not None and not keep:
+            aborts = [message["reason"] for message in skipped if message.kind == "abort"]
             result.key = None
-            result.abort_reason = f"the peer aborted: {peer_abort}" if peer_abort else "the peer has no key"
+            result.abort_reason = f"the peer aborted: {aborts[0]}" if aborts else "the peer has no key"
 
     def _finite_key(self, counts, leak, result):
         figures = secret_length(counts, self.settings.decoy, leak_ec=leak,
@@ -264,7 +270,7 @@ class Alice(_Side):
     def _run(self, block, pulses, choices, result):
         self._say(Message("block", {"block": block, "pulses": pulses}))
         detections, last = 0, -1
-        while (detect := self.endpoint.receive()).kind != "detected":
+        while (detect := self._hear()).kind != "detected":
             detect.expect("detect")
             slots = detect["slot"].astype(np.int64)
             bob_bases = detect["basis"].astype(np.uint8)
@@ -278,7 +284,7 @@ class Alice(_Side):
             last = slots[-1] if slots.size else last
         sifted = choices.sifted()
 
-        test = self.endpoint.receive("test")["bits"].astype(np.uint8)
+        test = self._hear("test")["bits"].astype(np.uint8)
         if test.size != sifted.test.size:
             raise ProtocolError(f"Bob sent {test.size} test bits for {sifted.test.size} X-basis matches")
         n_x, m_x = _counts(sifted.test_intensity, test != sifted.test)
@@ -297,11 +303,11 @@ class Alice(_Side):
                                                 "m_x": np.array(m_x, np.int64)}))
 
         key = sifted.key
-        start = self.endpoint.receive("cascade")
+        start = self._hear("cascade")
         cascade = CascadeAlice(key, shuffle_seed=start["shuffle_seed"])
         leak = 0
         while True:
-            message = self.endpoint.receive()
+            message = self._hear()
             if message.kind == "cascade_done":
                 break
             try:
@@ -316,7 +322,7 @@ class Alice(_Side):
         seed = self.entropy.bits(key.size + self.settings.verification_bits - 1)
         tag = toeplitz_hash(key, seed, self.settings.verification_bits)
         self._say(Message("verify", {"seed": pack_bits(seed), "tag": pack_bits(tag)}))
-        if not self.endpoint.receive("verified")["equal"]:
+        if not self._hear("verified")["equal"]:
             raise BlockAborted("verification failed: the keys differ after reconciliation")
 
         figures = self._finite_key(counts, leak, result)
@@ -327,6 +333,15 @@ class Alice(_Side):
         seed = self.entropy.bits(key.size + figures.length - 1)
         self._say(Message("amplify", {"length": figures.length, "seed": pack_bits(seed)}))
         self._amplify(key, seed, figures.length, result)
+
+
+    def _close(self, result):
+        """Close the block: Alice's close, then (once Bob found it genuine) his; she confirms if it is genuine."""
+        self.endpoint.send(Message("close", {"key": int(result.key is not None)}))
+        close, skipped = self.endpoint.skip_until("close")
+        keep = result.key is not None and bool(close["key"])
+        self.endpoint.send(Message("confirm", {"key": int(keep)}))
+        self._keep(result, keep, skipped)
 
 
 class Bob(_Side):
@@ -345,7 +360,7 @@ class Bob(_Side):
         return self._guarded(block, lambda result: self._run(block, detections, result))
 
     def _run(self, block, detections, result):
-        announced = self.endpoint.receive("block")
+        announced = self._hear("block")
         if announced["block"] != block:
             raise ProtocolError(f"Alice started block {announced['block']}, Bob expected block {block}")
         squashed = detections.squash(self.entropy)
@@ -353,7 +368,7 @@ class Bob(_Side):
         for slots, bases, frames in squashed.batches():
             self._say(Message("detect", {"slot": np.asarray(slots, dtype=np.int64), "basis": bases,
                                                   "frames": frames}))
-            answer = self.endpoint.receive("sift")
+            answer = self._hear("sift")
             alice_bases = answer["basis"].astype(np.uint8)
             intensities = answer["intensity"].astype(np.uint8)
             if alice_bases.size != bases.size or intensities.size != bases.size or np.any(intensities > NOT_SENT):
@@ -364,7 +379,7 @@ class Bob(_Side):
         sifted = squashed.sifted()
         self._say(Message("test", {"bits": sifted.test}))
 
-        estimate = self.endpoint.receive("estimate")
+        estimate = self._hear("estimate")
         counts = BlockCounts(n_z=tuple(int(c) for c in estimate["n_z"]),
                              n_x=tuple(int(c) for c in estimate["n_x"]),
                              m_x=tuple(int(c) for c in estimate["m_x"]))
@@ -381,7 +396,7 @@ class Bob(_Side):
             request = next(session)
             while True:
                 self._say(Message("parity", {"request": request.encode()}))
-                reply = ParityReply.decode(self.endpoint.receive("parities")["reply"])
+                reply = ParityReply.decode(self._hear("parities")["reply"])
                 request = session.send(reply)
         except StopIteration as stop:
             cascade = stop.value
@@ -393,7 +408,7 @@ class Bob(_Side):
         key = cascade.key
         result.figures.update(qber_z=cascade.corrected / max(key.size, 1), round_trips=cascade.round_trips)
 
-        verify = self.endpoint.receive("verify")
+        verify = self._hear("verify")
         t = self.settings.verification_bits
         seed = unpack_bits(verify["seed"], key.size + t - 1)
         equal = pack_bits(toeplitz_hash(key, seed, t)) == verify["tag"]
@@ -402,9 +417,17 @@ class Bob(_Side):
             raise BlockAborted("verification failed: the keys differ after reconciliation")
 
         figures = self._finite_key(counts, cascade.leaked_bits, result)
-        amplify = self.endpoint.receive("amplify")
+        amplify = self._hear("amplify")
         if amplify["length"] != figures.length or not 0 < figures.length <= key.size:
             raise ProtocolError(f"Alice announced a secret length of {amplify['length']} bits, Bob's bound "
                                 f"gives {figures.length}")
         seed = unpack_bits(amplify["seed"], key.size + figures.length - 1)
         self._amplify(key, seed, figures.length, result)
+
+    def _close(self, result):
+        """Close the block: Alice's close first; Bob answers with his only if hers is genuine, and keeps his key
+        only on her genuine confirmation."""
+        close, skipped = self.endpoint.skip_until("close")
+        self.endpoint.send(Message("close", {"key": int(result.key is not None and bool(close["key"]))}))
+        confirm = self.endpoint.receive("confirm")
+        self._keep(result, result.key is not None and bool(close["key"]) and bool(confirm["key"]), skipped)

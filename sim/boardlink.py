@@ -105,7 +105,7 @@ def run_board_link(bench, settings, *, frames, seed, rtl=True, timing=LinkTiming
         released, carry = 0, None
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="node") as nodes:
             for block in range(blocks):
-                choices = BoardChoices(alice_board, released=released)
+                choices = BoardChoices(alice_board, released=released, frames=frames)
                 detections = BoardDetections(bob_board, frames=frames, first_frame=block * frames,
                                              progress=progress, carry=carry)
                 pulses = frames << timing.frame_bits

@@ -203,7 +203,7 @@ class AuthenticatorTestCase(unittest.TestCase):
         payloads = [b"sift", b"", b"estimate" * 100, b"close"]
         frames = [alice.seal(payload, tagged=index == 3) for index, payload in enumerate(payloads)]
         for index, frame in enumerate(frames[:3]):
-            self.assertEqual(bob.open(frame), payloads[index])
+            self.assertEqual(bob.open(frame, untagged=True), payloads[index])
             self.assertEqual(bob.unverified, index + 1)
         self.assertEqual(bob.open(frames[3]), b"close")
         self.assertEqual(bob.unverified, 0)
@@ -211,6 +211,23 @@ class AuthenticatorTestCase(unittest.TestCase):
         self.assertEqual(alice_pad.position("alice->bob"), 48)
         self.assertEqual(bob_pad.position("alice->bob"), 48)
         self.assertEqual((bob.received, bob.tags_received), (4, 1))
+
+    def test_untagged_only_where_the_receiver_allows_it(self):
+        # A man in the middle strips the tag of a message that must come tagged and rewrites it.
+        alice, bob, _, _ = session(seed=10)
+        frame = alice.seal(b"prepare block 7")
+        stripped = bytes([UNTAGGED]) + frame[1:9] + b"prepare block 8"
+        self.check_fails(bob, stripped, "untagged", r"message 0 came untagged where a tagged one was due")
+        with self.assertRaisesRegex(AuthenticationFailed, r"session ended"):
+            bob.open(frame)
+        # A receiver that opens a message untagged before it knows its kind checks afterwards.
+        alice, bob, _, _ = session(seed=10)
+        bob.expect_verified()
+        self.assertEqual(bob.open(alice.seal(b"sift", tagged=False), untagged=True), b"sift")
+        with self.assertRaisesRegex(AuthenticationFailed, r"the close message came untagged .*: message 0 is "
+                                                          r"unverified") as caught:
+            bob.expect_verified("the close message")
+        self.assertEqual(caught.exception.kind, "untagged")
 
     def test_a_tampered_untagged_message_fails_at_its_tag(self):
         alice = session(seed=8)[0]
@@ -233,8 +250,8 @@ class AuthenticatorTestCase(unittest.TestCase):
             with self.subTest(name):
                 bob = session(seed=8)[1]
                 for frame in tampered[:-1]:
-                    bob.open(frame)
-                self.check_fails(bob, tampered[-1], kind, pattern)
+                    bob.open(frame, untagged=True)
+                self.check_fails(bob, tampered[-1], kind, pattern, untagged=True)
 
     def test_spans_are_bounded(self):
         # A sender tags a message that would take its span past half the bound; a receiver fails a longer span.
@@ -245,19 +262,20 @@ class AuthenticatorTestCase(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, r"a 200-byte message is more than half the 400 bytes"):
             alice.seal(bytes(200))
         for frame in frames[:3]:
-            bob.open(frame)
+            bob.open(frame, untagged=True)
         self.assertEqual(bob.unverified, 0)
         _, _, alice_pad, bob_pad = session(seed=9)
         greedy = Authenticator(alice_pad, "alice", max_span=10**6)
         bob = Authenticator(bob_pad, "bob", max_span=400)
         frames = [greedy.seal(bytes(100), tagged=False) for _ in range(4)]
         for frame in frames[:3]:
-            bob.open(frame)
-        self.check_fails(bob, frames[3], "oversize", r"messages 0-3 hold 512 bytes without a tag, more than the 400")
+            bob.open(frame, untagged=True)
+        self.check_fails(bob, frames[3], "oversize", r"messages 0-3 hold 512 bytes without a tag, more than the 400",
+                         untagged=True)
 
-    def check_fails(self, receiver, frame, kind, pattern):
+    def check_fails(self, receiver, frame, kind, pattern, *, untagged=False):
         with self.assertRaisesRegex(AuthenticationFailed, pattern) as caught:
-            receiver.open(frame)
+            receiver.open(frame, untagged=untagged)
         self.assertEqual(caught.exception.kind, kind)
         self.assertIsInstance(caught.exception, ChannelClosed)
 

@@ -239,6 +239,7 @@ class BoardTestCase(unittest.TestCase):
              lambda: board.write_stream("tags", b"")),
             (r"no stream 'lookups' on bob; streams: tags, detections", lambda: board.read_stream("lookups")),
             (r"no stream 'x' on bob", lambda: board.depth("x")),
+            (r"no stream 'y' on bob", lambda: board.stream_offsets("y")),
             (r"count must be a whole number of 10-byte beats, not 15", lambda: board.read_stream("tags", 15)),
             (r"data must be whole 8-byte beats, not 12 bytes", lambda: board.write_stream("hash_blocks", bytes(12))),
         ]
@@ -310,12 +311,15 @@ class BoardTestCase(unittest.TestCase):
         server = self.serve(lambda: make_model(Role.ALICE, start=start, depths={"lookups": 1024}))
         board = self.open(server.url)
         data = bytes(np.random.default_rng(5).integers(0, 256, 30_000, np.uint8))
+        self.assertEqual(board.stream_offsets("key_words"), (start, start))
         producer = self.background(server, "key_words", data=data)      # 3-byte beats
         self.assertTrue(board.read_stream("key_words", len(data)) == data)
         producer.stop()
+        self.assertEqual(board.stream_offsets("key_words")[1], start + len(data))     # the driver's integers
         consumer = self.background(server, "lookups", count=30_000)
         board.write_stream("lookups", data)
         self.assertTrue(consumer.wait() == data)
+        self.assertEqual(board.stream_offsets("lookups")[1], start + len(data))
         with server.lock:
             self.assertEqual(server.board.streams["lookups"].high, 30_000 - 5000)
         self.assertClean(board)

@@ -313,6 +313,7 @@ class ManInTheMiddleTestCase(LinkTestCase):
                    "flag": (lambda frame: 8 * 4, "malformed"),
                    "sequence": (lambda frame: 8 * 5, "sequence"),
                    "message": (lambda frame: 8 * (len(frame) // 2) + 3, "tag"),
+                   "tagged into untagged": (lambda frame: 8 * 4 + 7, "malformed"),
                    "tag": (lambda frame: 8 * len(frame) - 1, "tag")}
         for direction, victim in (("alice->bob", 1), ("bob->alice", 0)):
             for region, (offset, kind) in regions.items():
@@ -330,6 +331,15 @@ class ManInTheMiddleTestCase(LinkTestCase):
                     # Ping 1 or pong 1 is hit: the victim received message 0 only.
                     self.check_detected(ends, outcomes, victim, kind, [0])
                     self.stack.close()
+
+    def test_stripped_tag(self):
+        # The man in the middle marks ping 1 untagged, drops its tag and rewrites it: a tagged message was due.
+        def tamper(direction, index, frame):
+            if direction == "alice->bob" and index == FIRST_MESSAGE + 1:
+                body = bytes([0x5A]) + frame[5:-16].replace(b"\x01i\x01", b"\x01i\x07")
+                return [struct.pack("<I", len(body)) + body], []
+            return [frame], []
+        self.check_detected(*self.attack(tamper), 1, "untagged", [0])
 
     def test_replay(self):
         def tamper(direction, index, frame):
@@ -526,13 +536,14 @@ class ProtocolOverTCPTestCase(LinkTestCase):
         alice, bob, ends, (alice_pad, bob_pad) = self.run_block()
         self.assertFalse(alice.aborted, alice.abort_reason)
         np.testing.assert_array_equal(alice.key, bob.key)
-        for end in ends:
-            # Two tags a direction: the handshake confirmation, and the block's close, which covers all of it.
-            self.assertEqual(end.authenticator.tags_sent, 2)
+        # The handshake confirmation, then the block's three closing messages (Alice's close and confirmation,
+        # Bob's close), which cover all of it.
+        for end, tags in zip(ends, (3, 2)):
+            self.assertEqual(end.authenticator.tags_sent, tags)
             self.assertGreater(end.messages_sent, 10)
             stream = end.authenticator.send_stream
-            self.assertEqual(alice_pad.position(stream), cost(2))
-            self.assertEqual(bob_pad.position(stream), cost(2))
+            self.assertEqual(alice_pad.position(stream), cost(tags))
+            self.assertEqual(bob_pad.position(stream), cost(tags))
 
     def test_one_flipped_bit_aborts_the_block(self):
         # The man in the middle flips a bit in the middle of Bob's fourth message (after detect, detected and test:
@@ -550,8 +561,29 @@ class ProtocolOverTCPTestCase(LinkTestCase):
         self.assertRegex(alice.abort_reason, r"^alice: authentication failed on bob->alice: messages 1-6 \(\d+ bytes "
                                              r"with their headers\) have a wrong tag: .* \(the block had failed "
                                              r"already: cascade message has no field 'shuffle_seed'\)$")
-        # Bob had Alice's genuine close before she checked his; then she hung up.
-        self.assertEqual(bob.abort_reason, "the peer aborted: cascade message has no field 'shuffle_seed'")
+        # Bob found Alice's close genuine and sent his; she hung up instead of confirming.
+        self.assertRegex(bob.abort_reason, r"^bob: the peer closed the connection \(the block had failed already: "
+                                           r"the peer aborted: cascade message has no field 'shuffle_seed'\)$")
         self.assertEqual(ends[0].failures, {"tag": 1})
-        with self.assertRaisesRegex(ChannelClosed, r"bob: the peer closed the connection"):
-            ends[1].receive(timeout=TIMEOUT)
+
+    def test_a_change_late_in_the_block_leaves_neither_side_a_key(self):
+        # The last untagged messages each way: Alice's privacy amplification seed, Bob's verification answer. The
+        # changed seed gives Bob a key Alice does not have; the side that checks the changed direction finds it at
+        # the tag and hangs up, and the other side, waiting for its next closing message, keeps nothing either.
+        for direction, marker, victim in [("alice->bob", b"\x07amplify", "bob"), ("bob->alice", b"\x08verified", "alice")]:
+            with self.subTest(direction):
+                self.setUp()
+
+                def tamper(d, index, frame, direction=direction, marker=marker):
+                    if d == direction and marker in frame:
+                        return [flip(frame, len(frame) - 1)], []
+                    return [frame], []
+                alice, bob, ends, _ = self.run_block(tamper)
+                self.assertIsNone(alice.key)
+                self.assertIsNone(bob.key)
+                failed = alice if victim == "alice" else bob
+                self.assertRegex(failed.abort_reason, rf"^{victim}: authentication failed on {direction}: messages "
+                                                      rf"\d+-\d+ .* have a wrong tag")
+                other = bob if victim == "alice" else alice
+                self.assertRegex(other.abort_reason, r"the peer closed the connection")
+                self.stack.close()

@@ -560,7 +560,7 @@ class BoardAlignmentTestCase(unittest.TestCase):
                     def alice_work(end):
                         frame = align_alice(end, alice_board, state, configure=configure, check={}, timeout=20)
                         for number in range(blocks):
-                            choices = BoardChoices(alice_board, released=frame)
+                            choices = BoardChoices(alice_board, released=frame, frames=TEST_FRAMES)
                             result = Alice(end, settings, entropy[0]).run_block(
                                 number, TEST_FRAMES << alice_board.frame_bits, choices)
                             frame = choices.released
