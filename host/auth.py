@@ -51,8 +51,10 @@ at once, or a man in the middle could strip a tag, rewrite the message and have 
 each sent only after the one before it checked out: Alice's close, Bob's close, Alice's confirmation. A side
 keeps its key only when it knows that both directions of the block were authentic (the "ping-pong" check of
 Kiktenko et al., "Lightweight authentication for quantum key distribution", IEEE TIT 66, 2020): what a man in the
-middle changes in between can make the block fail, but never make either side keep a key. Messages outside
-blocks (the handshake, the nodes' commits and key management) are tagged one by one and accepted only tagged.
+middle changes in between can make the block fail, but never make either side keep a key (one who stops the last
+message leaves only its sender with a key, which the nodes' two-phase commit settles). Messages outside blocks
+(the handshake's confirmation, the nodes' commits and key management) are tagged one by one and accepted only
+tagged; the handshake's hellos are checked by its confirmation (:mod:`qkdlink.host.channel`).
 
 Key recycling: the hash key ``(k, b)`` is used for many tags; only each tag's ``r`` is used once. Portmann ("Key
 recycling in authentication", IEEE Trans. Inf. Theory 60(7), 2014; arXiv:1202.1229) showed, in a composable

@@ -42,7 +42,11 @@ def unpack_bits(data, count=None):
     ------
     ValueError
         If ``data`` holds fewer than ``count`` bits.
+    TypeError
+        If ``data`` is not bytes: a peer's field of another type must not become a huge allocation.
     """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"packed bits must be bytes, not {type(data).__name__}")
     array = np.frombuffer(bytes(data), dtype=np.uint8)
     if count is None:
         count = 8 * array.size

@@ -170,19 +170,25 @@ class Endpoint:
         return message if kind is None else message.expect(kind)
 
     def skip_until(self, kind, *, timeout=60.0, limit=1 << 20):
-        """Receive messages, aborts included, until one of ``kind``, which must come tagged; ``(message,
-        skipped)``, ``skipped`` the messages before it. For the end of a block, when what is still in flight no
-        longer matters; :class:`ProtocolError` after ``limit`` others."""
-        skipped = []
+        """Receive messages until one of ``kind``, which must come tagged (:meth:`expect_verified`); returns
+        ``(message, aborts)``, ``aborts`` the peer's abort messages among those skipped. For the end of a block,
+        when what is still in flight no longer matters; :class:`ProtocolError` after ``limit`` others."""
+        aborts = []
         for _ in range(limit):
             message = self._receive(timeout, untagged=True)
             if message.kind == kind:
-                if self.authenticator is not None:
-                    with self._receive_lock:
-                        self._guard(self.authenticator.expect_verified, f"the {kind} message")
-                return message, skipped
-            skipped.append(message)
+                self.expect_verified(f"the {kind} message")
+                return message, aborts
+            if message.kind == "abort" and len(aborts) < 16:
+                aborts.append(message)
         raise ProtocolError(f"{self.name}: no {kind} message from the peer among {limit} messages")
+
+    def expect_verified(self, what="the last message"):
+        """Raise :class:`AuthenticationFailed`, ending the endpoint, if any message received waits for its tag:
+        for a message received untagged-or-not before its kind was known, when that kind must come tagged."""
+        if self.authenticator is not None:
+            with self._receive_lock:
+                self._guard(self.authenticator.expect_verified, what)
 
     def _guard(self, call, *args):
         try:
@@ -292,7 +298,7 @@ class LocalChannel:
             Alice's and Bob's pad sources (:class:`~qkdlink.host.auth.PadPool`), with the same contents at the
             same positions: every message is then authenticated as on TCP. Without pads, nothing is.
         rekey_interval : int, optional
-            Messages per direction between fresh hash keys (:data:`qkdlink.host.auth.REKEY_INTERVAL`).
+            Tags per direction between fresh hash keys (:data:`qkdlink.host.auth.REKEY_INTERVAL`).
         """
         to_alice, to_bob = queue.Queue(), queue.Queue()
         authenticators = (None, None)
@@ -543,7 +549,7 @@ def connect(host, port, *, role, pad, timeout=HANDSHAKE_TIMEOUT, rekey_interval=
     timeout : float
         Seconds for the connection and for each step of the handshake.
     rekey_interval : int, optional
-        Messages per direction between fresh hash keys (:data:`qkdlink.host.auth.REKEY_INTERVAL`).
+        Tags per direction between fresh hash keys (:data:`qkdlink.host.auth.REKEY_INTERVAL`).
     max_skip : int
         The most pad bytes this side discards to catch up with the peer.
     max_frame : int

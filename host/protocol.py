@@ -13,7 +13,7 @@ Each side is an object that knows only its own data and talks to the other only 
 6. ``cascade*``  Bob asks, Alice answers: Cascade reconciliation of the Z-basis raw key (every parity counted).
 7. ``verify``    Alice -> Bob: a universal hash of her key (log2(1/eps_cor) bits) and its seed; Bob answers.
 8. ``amplify``   Alice -> Bob: the secret length from the finite-key bound and a fresh Toeplitz seed; both hash.
-9. ``close``     Alice -> Bob, then Bob -> Alice once Alice's checked out: whether the sender has a key.
+9. ``close``     Alice -> Bob: whether she has a key; then Bob -> Alice, once hers checked out: whether both have.
 10. ``confirm``  Alice -> Bob, once Bob's close checked out: whether both keep the key.
 
 Either side aborts the block with a reason (an ``abort`` message to the peer) when anything is off; no key is
@@ -25,9 +25,11 @@ three tags (two from Alice, one from Bob) however many sifting batches and Casca
 acts on the peer's messages as they come, but each closing message goes out only after the one before it
 checked out, so Alice keeps her key once Bob's close has checked out (his messages were authentic, and he found
 hers so), and Bob keeps his once Alice's confirmation has (she found his so). A man in the middle who changes
-anything in the block can make it fail, never make either side keep a key from it. A block that fails still
-ends with the closing messages, so a tampered message is reported as such even when it broke the protocol
-first, and the next block starts with nothing of this one left unverified.
+anything in the block can make it fail, never make either side keep a key from it; one who only stops the
+confirmation leaves Alice with a key that Bob does not keep, which a caller must settle (the nodes' two-phase
+commit does). A block that fails still ends with the closing messages while the channel works, so a tampered
+message is reported as an authentication failure even when it broke the protocol first, and the next block
+starts with nothing of this one left unverified.
 """
 
 import math
@@ -202,12 +204,26 @@ class _Side:
         self.endpoint.send(message, tagged=False)
 
     def _hear(self, kind=None):
-        """Receive a message of the block: untagged, the peer's next closing message authenticates it."""
-        return self.endpoint.receive(kind, untagged=True)
+        """Receive a message of the block: untagged, the peer's next closing message authenticates it. The peer's
+        close, where another message was due, ends the block: it is kept for :meth:`_peer_close`."""
+        message = self.endpoint.receive(untagged=True)
+        if message.kind == "close" and kind != "close":
+            self._early_close = message
+            raise ProtocolError(f"the peer closed the block where a {kind or 'block'} message was due")
+        return message if kind is None else message.expect(kind)
+
+    def _peer_close(self):
+        """The peer's close, which must come tagged, and the aborts it sent before it."""
+        if self._early_close is not None:
+            close, self._early_close = self._early_close, None
+            self.endpoint.expect_verified("the close message")
+            return close, []
+        return self.endpoint.skip_until("close")
 
     def _guarded(self, block, run):
         result = BlockResult(block)
         started = time.perf_counter()
+        self._early_close = None
         try:
             try:
                 run(result)
@@ -232,12 +248,11 @@ class _Side:
         result.figures["seconds"] = time.perf_counter() - started
         return result
 
-    def _keep(self, result, keep, skipped):
-        """Drop the key unless ``keep``; the reason from an abort among the ``skipped`` messages, if any."""
+    def _keep(self, result, keep, aborts):
+        """Drop the key unless ``keep``; the reason from the peer's first abort message, if any."""
         if result.key is not None and not keep:
-            aborts = [message["reason"] for message in skipped if message.kind == "abort"]
             result.key = None
-            result.abort_reason = f"the peer aborted: {aborts[0]}" if aborts else "the peer has no key"
+            result.abort_reason = f"the peer aborted: {aborts[0]['reason']}" if aborts else "the peer has no key"
 
     def _finite_key(self, counts, leak, result):
         figures = secret_length(counts, self.settings.decoy, leak_ec=leak,
@@ -278,7 +293,10 @@ class Alice(_Side):
                 raise ProtocolError("Bob's detections are not one basis per slot in ascending slot order")
             if np.any(bob_bases > 1):
                 raise ProtocolError("Bob's detections carry a basis other than Z or X")
-            bases, intensities = choices.answer(slots, bob_bases, detect["frames"])
+            frames = detect["frames"]
+            if not isinstance(frames, int) or frames < 0:
+                raise ProtocolError(f"Bob's count of complete frames is {frames!r}, not a non-negative integer")
+            bases, intensities = choices.answer(slots, bob_bases, frames)
             self._say(Message("sift", {"basis": bases, "intensity": intensities}))
             detections += slots.size
             last = slots[-1] if slots.size else last
@@ -334,14 +352,13 @@ class Alice(_Side):
         self._say(Message("amplify", {"length": figures.length, "seed": pack_bits(seed)}))
         self._amplify(key, seed, figures.length, result)
 
-
     def _close(self, result):
         """Close the block: Alice's close, then (once Bob found it genuine) his; she confirms if it is genuine."""
         self.endpoint.send(Message("close", {"key": int(result.key is not None)}))
-        close, skipped = self.endpoint.skip_until("close")
+        close, aborts = self._peer_close()
         keep = result.key is not None and bool(close["key"])
         self.endpoint.send(Message("confirm", {"key": int(keep)}))
-        self._keep(result, keep, skipped)
+        self._keep(result, keep, aborts)
 
 
 class Bob(_Side):
@@ -427,7 +444,7 @@ class Bob(_Side):
     def _close(self, result):
         """Close the block: Alice's close first; Bob answers with his only if hers is genuine, and keeps his key
         only on her genuine confirmation."""
-        close, skipped = self.endpoint.skip_until("close")
+        close, aborts = self._peer_close()
         self.endpoint.send(Message("close", {"key": int(result.key is not None and bool(close["key"]))}))
         confirm = self.endpoint.receive("confirm")
-        self._keep(result, result.key is not None and bool(close["key"]) and bool(confirm["key"]), skipped)
+        self._keep(result, result.key is not None and bool(close["key"]) and bool(confirm["key"]), aborts)

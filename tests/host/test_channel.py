@@ -566,6 +566,41 @@ class ProtocolOverTCPTestCase(LinkTestCase):
                                            r"the peer aborted: cascade message has no field 'shuffle_seed'\)$")
         self.assertEqual(ends[0].failures, {"tag": 1})
 
+    def replace(self, direction, marker, message):
+        """A tamper function that puts ``message``, untagged and with the same sequence number, in place of the
+        first frame of ``direction`` that holds ``marker``."""
+        done = []
+
+        def tamper(d, index, frame):
+            if d == direction and marker in frame and not done:
+                done.append(frame)
+                body = bytes([0x5A]) + frame[5:13] + message.encode()
+                return [struct.pack("<I", len(body)) + body], []
+            return [frame], []
+        return tamper, done
+
+    def test_forged_messages_are_reported_as_forged(self):
+        # An abort forged in place of Bob's test bits sends Alice to her close at once; Bob, waiting for her
+        # estimate, takes her close as the end of the block, and his close's tag shows Alice the forgery.
+        tamper, done = self.replace("bob->alice", b"\x04test", Message("abort", {"reason": "forged"}))
+        alice, bob, ends, _ = self.run_block(tamper)
+        self.assertTrue(done)
+        self.assertIsNone(alice.key)
+        self.assertIsNone(bob.key)
+        self.assertRegex(alice.abort_reason, r"^alice: authentication failed on bob->alice: messages \d+-\d+ .* "
+                                             r"\(the block had failed already: the peer aborted: forged\)$")
+        self.assertLess(alice.figures["seconds"], 30, "a time-out, not the tag, ended the block")
+        # A seed field of the wrong type is bad data, not an allocation of 2^62 bytes.
+        tamper, done = self.replace("alice->bob", b"\x06verify", Message("verify", {"seed": 2**62, "tag": b""}))
+        self.setUp()
+        alice, bob, ends, _ = self.run_block(tamper)
+        self.assertTrue(done)
+        self.assertIsNone(alice.key)
+        self.assertIsNone(bob.key)
+        self.assertRegex(bob.abort_reason, r"^bob: authentication failed on alice->bob: .* \(the block had failed "
+                                           r"already: invalid data from the peer: TypeError: packed bits must be "
+                                           r"bytes, not int\)$")
+
     def test_a_change_late_in_the_block_leaves_neither_side_a_key(self):
         # The last untagged messages each way: Alice's privacy amplification seed, Bob's verification answer. The
         # changed seed gives Bob a key Alice does not have; the side that checks the changed direction finds it at
