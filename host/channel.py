@@ -37,6 +37,7 @@ no longer tell where the next frame starts. A new connection is a new session.
 import collections
 import logging
 import queue
+import select
 import selectors
 import socket
 import struct
@@ -59,6 +60,7 @@ HANDSHAKE_TIMEOUT = 10.0            # seconds
 SEND_TIMEOUT = 60.0                 # seconds for the peer to take one frame
 
 _LENGTH = struct.Struct("<I")
+_INTERRUPT = object()               # in a local endpoint's inbox: wake the waiting thread
 _MAGIC = b"QKDL"
 _VERSION = 1
 _POSITION = struct.Struct("<Q")
@@ -214,10 +216,16 @@ class Endpoint:
             raise ProtocolError(f"{self.name}: malformed message from the peer: {error}") from None
 
     def close(self):
-        """End the endpoint; further use raises :class:`ChannelClosed`."""
+        """End the endpoint; further use raises :class:`ChannelClosed`. From another thread than one waiting on
+        the endpoint, :meth:`interrupt` first: it wakes that thread, which can then close."""
         if self.failure is None:
             self.failure = ChannelClosed(f"{self.name}: closed by this side", kind="closed")
         self._close_transport()
+
+    def interrupt(self):
+        """Wake a thread waiting on this endpoint, from another thread: its wait ends with :class:`ChannelClosed`
+        (kind ``"closed"``) and the endpoint is of no further use; the peer learns that the channel closed."""
+        raise NotImplementedError
 
     def __enter__(self):
         return self
@@ -268,10 +276,20 @@ class _QueueEndpoint(Endpoint):
 
     def _receive_frame(self, timeout):
         try:
-            return self._inbox.get(timeout=timeout)
+            frame = self._inbox.get(timeout=timeout)
         except queue.Empty:
             raise ChannelClosed(f"{self.name}: no message from the peer within {timeout} s",
                                 kind="timeout") from None
+        if frame is _INTERRUPT:
+            self._inbox.put(_INTERRUPT)         # for any later wait too
+            raise ChannelClosed(f"{self.name}: interrupted by this side", kind="closed")
+        return frame
+
+    def interrupt(self):
+        if self.failure is None:
+            self.failure = ChannelClosed(f"{self.name}: interrupted by this side", kind="closed")
+        self._inbox.put(_INTERRUPT)
+        self._outbox.put(_INTERRUPT)            # the peer's next wait ends as if the connection closed
 
 
 class LocalChannel:
@@ -334,6 +352,7 @@ class TCPEndpoint(Endpoint):
         self.send_timeout = send_timeout
         self.pad_skipped = {}
         self._sock = sock
+        self._interrupted = False
         self._close_lock = threading.Lock()
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)      # many small questions and answers
@@ -449,6 +468,8 @@ class TCPEndpoint(Endpoint):
             except OSError as error:
                 raise ChannelClosed(f"{self.name}: connection lost: {error}", kind="lost") from None
             if not chunk:
+                if self._interrupted:
+                    raise ChannelClosed(f"{self.name}: interrupted by this side", kind="closed")
                 if frame_bytes is None and not buffer:
                     raise ChannelClosed(f"{self.name}: the peer closed the connection", kind="closed")
                 got = len(buffer) + (0 if frame_bytes is None else _LENGTH.size)
@@ -475,6 +496,18 @@ class TCPEndpoint(Endpoint):
                 return bool(selector.select(remaining))
         except (ValueError, OSError):           # closed by another thread meanwhile
             raise ChannelClosed(f"{self.name}: the connection was closed", kind="closed") from None
+
+    def interrupt(self):
+        # A shutdown without the close: closing the socket could take the wake-up away from a thread waiting in
+        # select, which would then sleep to its time-out.
+        self._interrupted = True
+        with self._close_lock:
+            sock = self._sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def _close_transport(self):
         with self._close_lock:
@@ -519,6 +552,12 @@ class Listener:
         endpoint = TCPEndpoint(sock, role, max_frame=max_frame, send_timeout=send_timeout)
         endpoint._start(pad, role, rekey_interval=rekey_interval, timeout=timeout, max_skip=max_skip)
         return endpoint
+
+    def pending(self, timeout=0.0):
+        """Whether a connection waits to be accepted, within ``timeout`` seconds: then :meth:`accept` blocks no
+        longer than the handshake."""
+        readable, _, _ = select.select([self._sock], [], [], timeout)
+        return bool(readable)
 
     def close(self):
         self._sock.close()

@@ -56,8 +56,6 @@ import logging
 import math
 import os
 import queue
-import select
-import socket
 import sqlite3
 import ssl
 import string
@@ -891,28 +889,6 @@ def align_alice(endpoint, board, state, *, configure, check, timeout=60.0):
 
 # ---------------------------------------------------------------------------------------------------- node
 
-def _pending_connection(listener, timeout):
-    """Whether a connection waits on ``listener`` (within ``timeout`` seconds), so that accepting it blocks no
-    longer than its handshake: :meth:`~qkdlink.host.channel.Listener.accept` gives the wait and the handshake one
-    time-out."""
-    readable, _, _ = select.select([listener._sock], [], [], timeout)
-    return bool(readable)
-
-
-def _interrupt(endpoint):
-    """End ``endpoint``'s connection so that a thread waiting on it wakes now; that thread closes it.
-    (:meth:`Endpoint.close` from another thread shuts the socket down and closes it at once, and the close can
-    take the wake-up away from a thread waiting in ``select``, which then sleeps to its time-out.)"""
-    sock = getattr(endpoint, "_sock", None)
-    if sock is None:
-        endpoint.close()
-        return
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-
-
 class _Assignment:
     """An assignment on its way from Alice's KME to Bob's; the key-management thread sends it."""
 
@@ -1058,13 +1034,13 @@ class Node:
         with self._endpoint_lock:
             endpoints = list(self._endpoints)
         for endpoint in endpoints:
-            _interrupt(endpoint)
+            endpoint.interrupt()
 
     def _track(self, endpoint):
         with self._endpoint_lock:
             self._endpoints.add(endpoint)
         if self._stopping.is_set():
-            _interrupt(endpoint)
+            endpoint.interrupt()
         return endpoint
 
     def _untrack(self, endpoint):
@@ -1078,7 +1054,7 @@ class Node:
         """A new authenticated connection on the block (or key-management) channel, or None."""
         try:
             if self.role == "alice":
-                if not _pending_connection(listener, 0.5):
+                if not listener.pending(0.5):
                     return None
                 return self._track(listener.accept(role="alice", pad=pad, timeout=_HANDSHAKE))
             return self._track(connect(self.config.peer_host, port, role="bob", pad=pad, timeout=_HANDSHAKE))
@@ -1228,7 +1204,7 @@ class Node:
         accepts them (a new one replaces the old, which Bob gave up) and sends the assignments, one at a time."""
         endpoint, waiting = None, []
         while not self._stopping.is_set():
-            if _pending_connection(self._km_listener, 0):
+            if self._km_listener.pending():
                 fresh = self._connect(self._km_listener, self.config.km_port, self.km_pad)
                 if fresh is not None:
                     if endpoint is not None:

@@ -510,6 +510,38 @@ class LocalChannelAuthenticationTestCase(unittest.TestCase):
         self.assertEqual(bob.failures, {"timeout": 1})
 
 
+class InterruptTestCase(LinkTestCase):
+    def check_interrupt(self, alice, bob):
+        """A thread waiting on Bob wakes when another interrupts him, and Alice learns the channel closed."""
+        waiting = in_thread(lambda: bob.receive(timeout=TIMEOUT))
+        time.sleep(0.1)
+        started = time.monotonic()
+        bob.interrupt()
+        error = waiting()
+        self.assertIsInstance(error, ChannelClosed)
+        self.assertEqual(str(error), "bob: interrupted by this side")
+        self.assertLess(time.monotonic() - started, TIMEOUT / 2)
+        with self.assertRaises(ChannelClosed) as caught:
+            alice.receive(timeout=TIMEOUT)
+        self.assertEqual(caught.exception.kind, "closed")
+        with self.assertRaises(ChannelClosed):
+            bob.send(Message("ping"))
+        bob.close()
+
+    def test_local(self):
+        self.check_interrupt(*LocalChannel.pair(pads=pads(1024)))
+
+    def test_tcp(self):
+        self.check_interrupt(*self.open_link(*pads(), proxy=False))
+
+    def test_pending_connection(self):
+        listener = self.stack.enter_context(listen())
+        self.assertFalse(listener.pending())
+        client = socket.create_connection(listener.address, timeout=TIMEOUT)
+        self.addCleanup(client.close)
+        self.assertTrue(listener.pending(TIMEOUT))
+
+
 class ProtocolOverTCPTestCase(LinkTestCase):
     """A block of the real protocol between two endpoints on loopback."""
 
