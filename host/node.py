@@ -84,7 +84,7 @@ from ..wire import Control
 
 __all__ = ["ConfigError", "NodeConfig", "load_config", "NodeState", "NodeStateError", "StoreSync", "Node",
            "PAD_STREAMS", "KM_PREFIX", "MIN_PSK_BYTES", "read_psk", "import_psk", "plan_split", "split_key",
-           "PrefixPad", "realised_decoy", "align_alice", "align_bob"]
+           "PrefixPad", "realised_decoy", "align_alice", "align_bob", "beats_apart"]
 
 
 logger = logging.getLogger(__name__)
@@ -818,6 +818,46 @@ class _DetectionDrain:
         self.kept = {name: values[old:] for name, values in columns.items()}
 
 
+_OFFSET_WRAP = 1 << 32      # the board counts stream bytes modulo 2^32
+
+
+def beats_apart(read_bytes, read_beat, written_bytes, written_beat, *, bound=1 << 24):
+    """``R - W``: beats read from one stream (``R`` beats of ``read_beat`` bytes) less beats written to another
+    (``W`` of ``written_beat``), from the two byte counts as the board gives them, modulo 2^32.
+
+    Dividing each count by its beat size is right only until the first count wraps, after 4 GiB: a link that runs
+    for hours passes that. Instead, ``W`` is known modulo ``2**32 / gcd(written_beat, 2**32)`` from its byte
+    count, and then ``R - W`` modulo ``2**32 / gcd(read_beat, 2**32)`` from the other; ``|R - W| <= bound`` (the
+    two counts stay within the board's buffers of each other) makes it unique.
+
+    Raises
+    ------
+    ProtocolError
+        The counts fit no ``R - W`` within ``bound`` (or more than one): they are not whole beats of the two
+        streams, or the streams are further apart than their buffers allow.
+    """
+    read_bytes, written_bytes = read_bytes % _OFFSET_WRAP, written_bytes % _OFFSET_WRAP
+    g_written, g_read = math.gcd(written_beat, _OFFSET_WRAP), math.gcd(read_beat, _OFFSET_WRAP)
+    m_written, m_read = _OFFSET_WRAP // g_written, _OFFSET_WRAP // g_read
+    found = set()
+    if written_bytes % g_written == 0:
+        first = written_bytes // g_written * pow(written_beat // g_written, -1, m_written) % m_written
+        for written in range(first, _OFFSET_WRAP, m_written):      # W modulo 2^32: gcd of them
+            rest = (read_bytes - written * read_beat) % _OFFSET_WRAP
+            if rest % g_read:
+                continue
+            apart = rest // g_read * pow(read_beat // g_read, -1, m_read) % m_read
+            apart = apart - m_read if apart >= m_read // 2 else apart
+            if abs(apart) <= bound:
+                found.add(apart)
+    if len(found) != 1:
+        raise ProtocolError(f"the board's stream counts ({read_bytes} bytes of {read_beat}-byte beats read, "
+                            f"{written_bytes} of {written_beat}-byte beats written) fit "
+                            f"{'no' if not found else 'more than one'} difference within {bound} beats: "
+                            f"restart both boards")
+    return found.pop()
+
+
 def _answer_not_sent(board, count):
     if count > 0:
         board.write_stream("answers", pack_beats(board.streams["answers"], alice_basis=np.zeros(count, np.uint8),
@@ -833,10 +873,10 @@ def align_bob(endpoint, board, *, configure, check, timeout=60.0):
     detections, answers = board.streams["detections"], board.streams["answers"]
     # Every detection the board made waits in its detection memory for an answer, in order. Those before the
     # stream's low end were read by an earlier host; the answers' high end counts those it answered.
-    read_from = board.stream_offsets("detections")[0] // detections.beat_bytes
-    answered = board.stream_offsets("answers")[1] // answers.beat_bytes
-    _answer_not_sent(board, read_from - answered)
-    drain = _DetectionDrain(board, skip=max(answered - read_from, 0))
+    unanswered = beats_apart(board.stream_offsets("detections")[0], detections.beat_bytes,
+                             board.stream_offsets("answers")[1], answers.beat_bytes)
+    _answer_not_sent(board, unanswered)
+    drain = _DetectionDrain(board, skip=max(-unanswered, 0))
     frame = board.read("frames")["frames"]
     drain.read(before=frame)
     endpoint.send(Message("align", {"frame": frame, "started": int(started), "check": json.dumps(check)}))

@@ -20,8 +20,8 @@ from qkdlink.host.channel import ChannelClosed, Endpoint
 from qkdlink.host.keystore import KeyStore
 from qkdlink.host.messages import ProtocolError
 from qkdlink.host.node import (KM_PREFIX, MIN_PSK_BYTES, PAD_STREAMS, ConfigError, NodeState, NodeStateError,
-                               PrefixPad, StoreSync, import_psk, load_config, plan_split, read_psk, realised_decoy,
-                               split_key)
+                               PrefixPad, StoreSync, beats_apart, import_psk, load_config, plan_split, read_psk,
+                               realised_decoy, split_key)
 
 
 def scratch_directory():
@@ -513,6 +513,30 @@ class StoreAgreementTestCase(unittest.TestCase):
 TEST_LINK = ["-d", "0", "--efficiency", "0.3", "--p-z", "0.5"]
 TEST_FRAMES = 200
 TEST_EPS = {"eps_sec": 0.1, "eps_cor": 1e-4}
+
+
+class BeatsApartTestCase(unittest.TestCase):
+    def test_across_the_wraps_of_the_byte_counts(self):
+        # True beat counts R (read) and W (written) near and far past the point where their byte counts wrap at
+        # 2^32; the board gives the byte counts modulo 2^32.
+        rng = np.random.default_rng(12)
+        for read_beat, written_beat in [(6, 1), (10, 4), (8, 2), (3, 5), (1, 1), (7, 16)]:
+            wrap = (1 << 32) // read_beat
+            for _ in range(200):
+                written = int(rng.choice([rng.integers(0, 1 << 20), wrap + rng.integers(-1000, 1000),
+                                          rng.integers(0, 1 << 40)]))
+                apart = int(rng.integers(-5000, 5000))
+                read = max(written + apart, 0)
+                with self.subTest(read_beat=read_beat, written_beat=written_beat, read=read, written=written):
+                    self.assertEqual(beats_apart(read * read_beat % (1 << 32), read_beat,
+                                                 written * written_beat % (1 << 32), written_beat), read - written)
+
+    def test_counts_that_fit_no_difference(self):
+        with self.assertRaisesRegex(ProtocolError, r"\(3 bytes of 6-byte beats read, 0 of 1-byte beats written\) "
+                                                   r"fit no difference within 16777216 beats: restart both boards"):
+            beats_apart(3, 6, 0, 1)
+        with self.assertRaisesRegex(ProtocolError, r"fit no difference within 10 beats"):
+            beats_apart(6 * 100, 6, 0, 1, bound=10)
 
 
 class BoardAlignmentTestCase(unittest.TestCase):
