@@ -74,7 +74,8 @@ from .channel import ChannelClosed, connect, listen
 from .entropy import OSEntropy
 from .etsi014 import AssignedKey, KeyDeliveryServer, KeyIndex, KMEConfig, StoreDelivery
 from .finite_key import DecoySettings
-from .frontend import BoardChoices, BoardDetections, configure_alice, configure_bob, start
+from .frontend import (FRAME_WRAP, BoardChoices, BoardDetections, configure_alice, configure_bob, start,
+                       unwrap_frames)
 from .keystore import KeyStore, KeyStoreError, create_private_file
 from .messages import Message, ProtocolError
 from .protocol import Alice, Bob, ProtocolSettings
@@ -806,6 +807,7 @@ class _DetectionDrain:
     def read(self, before):
         stream = self.board.streams["detections"]
         beats = unpack_beats(stream, self.board.read_stream("detections"))
+        beats["frame"] = unwrap_frames(beats["frame"], before)
         columns = {name: np.asarray(beats[name], np.int64) for name in self.kept}
         skip = min(self.skip, columns["frame"].size)
         self.skip -= skip
@@ -877,20 +879,24 @@ def align_bob(endpoint, board, *, configure, check, timeout=60.0):
                              board.stream_offsets("answers")[1], answers.beat_bytes)
     _answer_not_sent(board, unanswered)
     drain = _DetectionDrain(board, skip=max(-unanswered, 0))
+    # Frames by the board's numbers (modulo 2^32) until Alice says what the host calls `frame`.
     frame = board.read("frames")["frames"]
     drain.read(before=frame)
     endpoint.send(Message("align", {"frame": frame, "started": int(started), "check": json.dumps(check)}))
-    endpoint.receive("aligned", timeout=timeout)
+    first = endpoint.receive("aligned", timeout=timeout)["frame"]
+    if not isinstance(first, int) or first < 0 or (first - frame) % FRAME_WRAP:
+        raise ProtocolError(f"Alice numbers frame {frame} of Bob's board {first!r}, not the same modulo 2^32")
     # Alice has released every frame before `frame`: once the board sees it begin, those are complete.
     deadline = time.monotonic() + timeout
-    while board.read("frames")["frames"] <= frame:
+    while unwrap_frames(board.read("frames")["frames"], frame) <= frame:
         if time.monotonic() > deadline:
             raise ProtocolError(f"frame {frame} did not begin within {timeout} s: is Alice's board emitting?")
         drain.read(before=frame)
         time.sleep(0.002)
     drain.read(before=frame)
     _clear_key(board, "test")
-    return frame, drain.kept
+    kept = dict(drain.kept, frame=drain.kept["frame"] + (first - frame))
+    return first, kept
 
 
 def align_alice(endpoint, board, state, *, configure, check, timeout=60.0):
@@ -904,12 +910,16 @@ def align_alice(endpoint, board, state, *, configure, check, timeout=60.0):
         endpoint.send(Message("abort", {"reason": reason}))
         raise ProtocolError(reason)
     frame = align["frame"]
-    # Both boards number frames from 0 from their start; a board reset while the other ran numbers them apart.
+    if not isinstance(frame, int) or not 0 <= frame < FRAME_WRAP:
+        raise ProtocolError(f"Bob's board counts {frame!r} frames, not a 32-bit count")
+    # Both boards number frames from 0 from their start, modulo 2^32; the host numbers them on, past 2^32, from the
+    # frames Alice released. A board reset while the other ran numbers them apart.
     if board.read("control")["control"] & Control.RUN:
         released = state.get("released", 0)
+        frame = int(unwrap_frames(frame, released))
         if align["started"] or frame < released:
-            raise ProtocolError(f"Bob's board was reset while Alice's ran (it counts {frame} frames, Alice released "
-                                f"{released}): restart both boards")
+            raise ProtocolError(f"Bob's board was reset while Alice's ran (it counts {frame % FRAME_WRAP} frames, "
+                                f"Alice released {released}): restart both boards")
     else:
         if frame > 0:
             raise ProtocolError(f"Alice's board was reset while Bob's ran (it counted {frame} frames): restart both "
@@ -920,10 +930,10 @@ def align_alice(endpoint, board, state, *, configure, check, timeout=60.0):
     if frame > released:
         # A release takes effect only when it names the oldest frame held: those already released are ignored.
         board.write_stream("releases", pack_beats(board.streams["releases"],
-                                                  frame=np.arange(released, frame, dtype=np.int64)))
+                                                  frame=np.arange(released, frame, dtype=np.int64) % FRAME_WRAP))
     _clear_key(board, "matches", "test")
     state.set("released", frame)
-    endpoint.send(Message("aligned"))
+    endpoint.send(Message("aligned", {"frame": frame}))
     return frame
 
 

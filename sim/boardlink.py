@@ -119,17 +119,21 @@ def run_board_link(bench, settings, *, frames, seed, rtl=True, timing=LinkTiming
     return results
 
 
-def simulated_link(bench, *, timing, seed, rtl=True, build_dir=None):
+def simulated_link(bench, *, timing, seed, rtl=True, build_dir=None, first_frame=0):
     """Two simulated boards on ``bench`` with ``timing``: the gateware under Verilator
-    (:class:`~qkdlink.sim.rtlboard.SimulatedLink`) or its models (:class:`~qkdlink.sim.modelboard.ModelLink`)."""
+    (:class:`~qkdlink.sim.rtlboard.SimulatedLink`) or its models (:class:`~qkdlink.sim.modelboard.ModelLink`).
+    The models can start their frame numbers at ``first_frame``, as boards that have run that long."""
     config = node_configuration(timing)
+    if rtl and first_frame:
+        raise ValueError("only the model boards start their frame numbers elsewhere than 0")
     # Bob sees a frame's light once the whole frame is drawn: the flight time covers a frame and a half.
     if rtl:
         from .rtlboard import SimulatedLink
         return SimulatedLink(bench, alice=config, bob=config, seed=seed, delay_ns=timing.frame_ns * 1.5,
                              build_dir=build_dir)
     from .modelboard import ModelLink
-    return ModelLink(bench, alice=config, bob=config, seed=seed, delay_ns=timing.frame_ns * 1.5)
+    return ModelLink(bench, alice=config, bob=config, seed=seed, delay_ns=timing.frame_ns * 1.5,
+                     first_frame=first_frame)
 
 
 def node_configuration(timing):

@@ -127,7 +127,7 @@ class _Alice(_Node):
 
     def service(self):
         for frame in self.take("releases")["frame"]:
-            if self.held and int(frame) == min(self.held):
+            if self.held and int(frame) == next(iter(self.held)):     # the oldest: frame numbers wrap
                 del self.held[int(frame)]
             else:
                 self.registers["bad_releases"] = (self.registers["bad_releases"] + 1) % (1 << 32)
@@ -210,7 +210,7 @@ class ModelLink:
     """Alice's and Bob's nodes as models, on ``bench``; the parameters are
     :class:`~qkdlink.sim.rtlboard.SimulatedLink`'s (``bob_ppm`` must be 0: the models share one clock)."""
 
-    def __init__(self, bench, *, alice, bob, seed, bob_ppm=0.0, delay_ns=2e6, pulse_ns=5.0):
+    def __init__(self, bench, *, alice, bob, seed, bob_ppm=0.0, delay_ns=2e6, pulse_ns=5.0, first_frame=0):
         if bob_ppm:
             raise ValueError(f"the model boards share one clock: bob_ppm must be 0, not {bob_ppm!r}")
         if alice.clock_hz != bob.clock_hz:
@@ -222,6 +222,9 @@ class ModelLink:
         self._alice = _Alice(alice, _RandomStream(np.random.default_rng(alice_seed), bits=33))
         self._bob = _Bob(bob, _RandomStream(np.random.default_rng(bob_seed), bits=2))
         self._bob.pulse_ns = pulse_ns
+        # Boards that have run for a while number their frames from there (modulo 2^32): for tests of the wrap.
+        first_frame %= 1 << 32
+        self._alice.next_frame = self._bob.frames = self._bob.registers["frames"] = first_frame
         self._frames = 0
         self.sent = 0
         self.clicks = 0

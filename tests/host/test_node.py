@@ -542,29 +542,24 @@ class BeatsApartTestCase(unittest.TestCase):
 class BoardAlignmentTestCase(unittest.TestCase):
     """A node killed in the middle of a block leaves its board in the middle of it (detections read and not
     answered, frames held, key bits in the key memory); the next session's alignment puts both boards back in
-    step, and blocks give equal keys again."""
+    step, and blocks give equal keys again. Frame numbers go on past the boards' 2^32."""
 
-    def test_blocks_after_an_interrupted_block(self):
+    def setUp(self):
         from dataclasses import replace
 
         from qkdlink.cli import _bench, get_argparser
-        from qkdlink.host.board import Board
-        from qkdlink.host.entropy import SimulatedEntropy
         from qkdlink.host.finite_key import DecoySettings
-        from qkdlink.host.frontend import BoardChoices, BoardDetections, configure_alice, configure_bob
-        from qkdlink.host.node import align_alice, align_bob
-        from qkdlink.host.protocol import Alice, Bob, ProtocolSettings
-        from qkdlink.sim.boardlink import LinkTiming, realised_decoy as sim_decoy, simulated_link
-        from qkdlink.sim.serve import serve
+        from qkdlink.host.frontend import configure_alice, configure_bob
+        from qkdlink.host.protocol import ProtocolSettings
+        from qkdlink.sim.boardlink import LinkTiming, realised_decoy as sim_decoy
 
         args = get_argparser().parse_args(["demo", *TEST_LINK])
-        timing = LinkTiming()
-        bench = replace(_bench(args, 0.0), slot_rate_hz=1e9 / timing.slot_ns)
+        self.timing = timing = LinkTiming()
+        self.bench = replace(_bench(args, 0.0), slot_rate_hz=1e9 / timing.slot_ns)
         requested = DecoySettings(tuple(args.intensities), tuple(args.probabilities))
-        (p_z, t0, t1), decoy, _ = sim_decoy(requested, bench.source.p_z)
+        (p_z, t0, t1), decoy, _ = sim_decoy(requested, self.bench.source.p_z)
         self.assertEqual(realised_decoy(args.intensities, (p_z, t0, t1)), decoy)
-        settings = ProtocolSettings(decoy, **TEST_EPS)
-        link = simulated_link(bench, timing=timing, seed=7, rtl=False)
+        self.settings = ProtocolSettings(decoy, **TEST_EPS)
         bins = timing.period * timing.phases
 
         def configure(board):
@@ -572,46 +567,90 @@ class BoardAlignmentTestCase(unittest.TestCase):
                 configure_alice(board, period=timing.period, p_z=p_z, thresholds=(t0, t1))
             else:
                 configure_bob(board, period_bins=bins, gate_start=bins // 4, gate_width=bins // 2 + 1)
+        self.configure = configure
 
+    def sessions(self, *, first_frame=0):
+        """Serve model boards whose frame numbers start at ``first_frame``; yields ``(session, state)``, where
+        ``session(blocks, die_at=None)`` is one process's session: open the boards, align, run blocks."""
+        from qkdlink.host.board import Board
+        from qkdlink.host.entropy import SimulatedEntropy
+        from qkdlink.host.frontend import BoardChoices, BoardDetections, start
+        from qkdlink.host.node import align_alice, align_bob
+        from qkdlink.host.protocol import Alice, Bob
+        from qkdlink.sim.boardlink import simulated_link
+        from qkdlink.sim.serve import serve
+
+        link = simulated_link(self.bench, timing=self.timing, seed=7, rtl=False, first_frame=first_frame)
         entropy = [SimulatedEntropy(seed) for seed in (1, 2)]
+        settings, configure = self.settings, self.configure
         with scratch_directory() as directory, NodeState(Path(directory) / "alice.node") as state, \
                 serve(lambda: link.endpoint("alice")) as alice_server, \
                 serve(lambda: link.endpoint("bob")) as bob_server:
 
             def session(blocks, *, die_at=None):
-                """A process's session: open the boards, align, run blocks; the results of the last block."""
+                """Each side's last frame and its blocks' results, or what ended the session."""
                 with Board.open(alice_server.url) as alice_board, Board.open(bob_server.url) as bob_board:
                     def alice_work(end):
                         frame = align_alice(end, alice_board, state, configure=configure, check={}, timeout=20)
+                        results = []
                         for number in range(blocks):
                             choices = BoardChoices(alice_board, released=frame, frames=TEST_FRAMES)
-                            result = Alice(end, settings, entropy[0]).run_block(
-                                number, TEST_FRAMES << alice_board.frame_bits, choices)
+                            results.append(Alice(end, settings, entropy[0]).run_block(
+                                number, TEST_FRAMES << alice_board.frame_bits, choices))
                             frame = choices.released
-                        return frame, result
+                        return frame, results
 
                     def bob_work(end):
                         frame, carry = align_bob(end, bob_board, configure=configure, check={}, timeout=20)
+                        results = []
                         for number in range(blocks):
                             detections = BoardDetections(bob_board, frames=TEST_FRAMES, first_frame=frame, carry=carry)
-                            result = Bob(end, settings, entropy[1]).run_block(number, detections)
+                            results.append(Bob(end, settings, entropy[1]).run_block(number, detections))
                             frame, carry = frame + TEST_FRAMES, detections.leftover
-                        return frame, result
+                        return frame, results
 
                     return run_pair(alice_work, bob_work, Countdown(), Countdown(die_at))
 
+            def start_boards():
+                """Start both boards as an earlier node would have, Bob's first; Alice's node state says where."""
+                with Board.open(alice_server.url) as alice_board, Board.open(bob_server.url) as bob_board:
+                    for board in (bob_board, alice_board):
+                        configure(board)
+                        start(board)
+                state.set("released", first_frame)
+
+            yield session, state, start_boards
+
+    def check_blocks(self, outcome):
+        """Every block of the session gave both sides the same key; the frame where the session ended."""
+        (alice_frame, alice), (bob_frame, bob) = outcome["alice"], outcome["bob"]
+        self.assertEqual(alice_frame, bob_frame)
+        for alice_result, bob_result in zip(alice, bob, strict=True):
+            self.assertIsNone(alice_result.abort_reason, alice_result.abort_reason)
+            self.assertGreater(alice_result.key.size, 0)
+            np.testing.assert_array_equal(alice_result.key, bob_result.key)
+        return alice_frame
+
+    def test_blocks_after_an_interrupted_block(self):
+        for session, state, _ in self.sessions():
             # Bob's process dies in the middle of sifting (its 6th message: align, then detect and test batches).
             outcome = session(1, die_at=6)
             self.assertIsInstance(outcome["bob"], Crash)
-            self.assertTrue(outcome["alice"][1].aborted)
+            self.assertTrue(outcome["alice"][1][-1].aborted)
             # The next processes: two blocks in a row, the second from where the first left its detections.
-            outcome = session(2)
-            (alice_frame, alice), (bob_frame, bob) = outcome["alice"], outcome["bob"]
-            self.assertEqual(alice_frame, bob_frame)
-            self.assertIsNone(alice.abort_reason, alice.abort_reason)
-            self.assertGreater(alice.key.size, 0)
-            np.testing.assert_array_equal(alice.key, bob.key)
-            self.assertEqual(state.get("released"), alice_frame - 2 * TEST_FRAMES)     # where the session began
+            frame = self.check_blocks(session(2))
+            self.assertEqual(state.get("released"), frame - 2 * TEST_FRAMES)     # where the session began
+
+    def test_blocks_across_the_wrap_of_the_boards_frame_numbers(self):
+        # Boards that have run for almost 2^32 frames: the blocks of a session cross the wrap, and a new session
+        # after it aligns the boards by the host's numbers, which go on past 2^32.
+        first = (1 << 32) - TEST_FRAMES - TEST_FRAMES // 2
+        for session, state, start_boards in self.sessions(first_frame=first):
+            start_boards()
+            frame = self.check_blocks(session(2))
+            self.assertGreater(frame, 1 << 32)
+            frame = self.check_blocks(session(1))
+            self.assertGreater(state.get("released"), 1 << 32)
 
 
 # ---------------------------------------------------------------------------------------- node processes
