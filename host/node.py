@@ -41,7 +41,10 @@ sent" (his board's detection memory is then back in step with what he reads), pi
 board has not seen begin, and Alice releases every frame before F (her lower bound of the frames released is kept
 in :class:`NodeState`); both clear their key memories and drain their output streams; blocks then start at F. Bob's
 board must run before Alice's starts, or the boards would count frames differently, so Alice starts hers only
-when Bob says his runs.
+when Bob says his runs. The boards count frames, and stream bytes, modulo 2^32; the hosts number frames on past
+that (Alice tells Bob her number for F, from the frames she released) and count the detections still unanswered
+from the byte counts modulo 2^32 (:func:`beats_apart`), so a link that runs for days lines up as on its first
+session.
 
 Files, beside the key store (``[store] path``): ``PATH.node`` (:class:`NodeState`: journal, imported pre-shared key,
 Alice's frames released; it holds pad bytes until they are applied, so it is created readable by its owner only,
