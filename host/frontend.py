@@ -135,9 +135,10 @@ class BoardChoices:
         frame = slots >> self._frame_bits
         if self.end is not None and frames > self.end:
             raise ProtocolError(f"Bob reports {frames} frames complete, past the block's end at frame {self.end}")
-        if slots.size and (frame[0] < self.released or (frames and frame[-1] >= frames)):
+        last = frames or self.end
+        if slots.size and (frame[0] < self.released or (last is not None and frame[-1] >= last)):
             raise ProtocolError(f"Bob's detections name frames {frame[0]}..{frame[-1]}, outside the frames "
-                                f"{self.released}..{frames - 1} being sifted")
+                                f"{self.released}..{last - 1} being sifted")
         board = self.board
         if slots.size:
             board.write_stream("lookups", pack_beats(board.streams["lookups"], frame=frame % FRAME_WRAP,

@@ -844,6 +844,9 @@ def beats_apart(read_bytes, read_beat, written_bytes, written_beat, *, bound=1 <
     read_bytes, written_bytes = read_bytes % _OFFSET_WRAP, written_bytes % _OFFSET_WRAP
     g_written, g_read = math.gcd(written_beat, _OFFSET_WRAP), math.gcd(read_beat, _OFFSET_WRAP)
     m_written, m_read = _OFFSET_WRAP // g_written, _OFFSET_WRAP // g_read
+    if m_read <= 2 * bound:
+        raise ValueError(f"{read_beat}-byte beats repeat every {m_read} beats modulo 2^32: no unique difference "
+                         f"within {bound}")
     found = set()
     if written_bytes % g_written == 0:
         first = written_bytes // g_written * pow(written_beat // g_written, -1, m_written) % m_written
@@ -902,31 +905,38 @@ def align_bob(endpoint, board, *, configure, check, timeout=60.0):
     return first, kept
 
 
-def align_alice(endpoint, board, state, *, configure, check, timeout=60.0):
-    """Alice's side of board alignment; returns the block's first frame (every frame before it released)."""
+def align_alice(endpoint, board, state, *, configure, check, timeout=60.0, max_ahead=1 << 20):
+    """Alice's side of board alignment; returns the block's first frame (every frame before it released).
+
+    Bob's board cannot count more frames than Alice's sent, and hers sends only while it holds fewer than its
+    choice memory's frames unreleased: a count more than ``max_ahead`` frames past those she released means that
+    a board was reset while the other ran (or that her record of the frames released is not this board's)."""
     align = endpoint.receive("align", timeout=timeout)
+
+    def refuse(reason):
+        endpoint.send(Message("abort", {"reason": reason}))       # Bob learns why, and does not wait
+        raise ProtocolError(reason)
+
     theirs = json.loads(align["check"])
     if theirs != check:
         differ = ", ".join(f"{key} {check.get(key)!r} at Alice, {theirs.get(key)!r} at Bob"
                            for key in sorted(set(check) | set(theirs)) if check.get(key) != theirs.get(key))
-        reason = f"the two nodes' configurations differ: {differ}; give both the same settings"
-        endpoint.send(Message("abort", {"reason": reason}))
-        raise ProtocolError(reason)
+        refuse(f"the two nodes' configurations differ: {differ}; give both the same settings")
     frame = align["frame"]
     if not isinstance(frame, int) or not 0 <= frame < FRAME_WRAP:
-        raise ProtocolError(f"Bob's board counts {frame!r} frames, not a 32-bit count")
+        refuse(f"Bob's board counts {frame!r} frames, not a 32-bit count")
     # Both boards number frames from 0 from their start, modulo 2^32; the host numbers them on, past 2^32, from the
     # frames Alice released. A board reset while the other ran numbers them apart.
     if board.read("control")["control"] & Control.RUN:
         released = state.get("released", 0)
         frame = int(unwrap_frames(frame, released))
-        if align["started"] or frame < released:
-            raise ProtocolError(f"Bob's board was reset while Alice's ran (it counts {frame % FRAME_WRAP} frames, "
-                                f"Alice released {released}): restart both boards")
+        if align["started"] or not released <= frame <= released + max_ahead:
+            refuse(f"the boards are out of step: Bob's counts {frame % FRAME_WRAP} frames (modulo 2^32)"
+                   f"{', started now' if align['started'] else ''}, Alice released {released}: one was reset while "
+                   f"the other ran; restart both boards")
     else:
         if frame > 0:
-            raise ProtocolError(f"Alice's board was reset while Bob's ran (it counted {frame} frames): restart both "
-                                f"boards")
+            refuse(f"Alice's board was reset while Bob's ran (it counted {frame} frames): restart both boards")
         _start_board(board, configure)
         released = 0
     _drain(board, "matches", "test")

@@ -26,6 +26,10 @@ class BoardChoicesTestCase(unittest.TestCase):
                                                    r"frame 108"):
             choices.answer(*empty, frames=109)
         self.assertEqual(choices.released, 100)
+        # Detections past the block, in a batch that claims no frame complete, are refused too.
+        with self.assertRaisesRegex(ProtocolError, r"Bob's detections name frames 108..108, outside the frames "
+                                                   r"100..107 being sifted"):
+            choices.answer(np.array([108 << board.frame_bits]), np.zeros(1, np.uint8), frames=0)
         choices.answer(*empty, frames=108)
         self.assertEqual(choices.released, 108)
         with server.lock:

@@ -537,6 +537,8 @@ class BeatsApartTestCase(unittest.TestCase):
             beats_apart(3, 6, 0, 1)
         with self.assertRaisesRegex(ProtocolError, r"fit no difference within 10 beats"):
             beats_apart(6 * 100, 6, 0, 1, bound=10)
+        with self.assertRaisesRegex(ValueError, r"512-byte beats repeat every 8388608 beats modulo 2\^32"):
+            beats_apart(0, 512, 0, 1)
 
 
 class BoardAlignmentTestCase(unittest.TestCase):
@@ -640,6 +642,20 @@ class BoardAlignmentTestCase(unittest.TestCase):
             # The next processes: two blocks in a row, the second from where the first left its detections.
             frame = self.check_blocks(session(2))
             self.assertEqual(state.get("released"), frame - 2 * TEST_FRAMES)     # where the session began
+
+    def test_boards_out_of_step_are_refused(self):
+        # Alice's record says she released some 3e9 frames, but the boards count a few: one of them was reset
+        # while the other ran. Near 2^32 the record could pass for a count that wrapped; it is too far ahead.
+        for session, state, start_boards in self.sessions():
+            start_boards()
+            state.set("released", 3_000_000_000)
+            outcome = session(1)
+            for role in ("alice", "bob"):
+                self.assertIsInstance(outcome[role], ProtocolError)
+                self.assertRegex(str(outcome[role]), r"the boards are out of step: Bob's counts \d+ frames \(modulo "
+                                                     r"2\^32\), Alice released 3000000000: one was reset while the "
+                                                     r"other ran; restart both boards")
+            self.assertEqual(state.get("released"), 3_000_000_000)
 
     def test_blocks_across_the_wrap_of_the_boards_frame_numbers(self):
         # Boards that have run for almost 2^32 frames: the blocks of a session cross the wrap, and a new session
