@@ -29,7 +29,7 @@ from .wire import (HELLO_HEADER, READ_ARGUMENTS, READ_STREAM_ARGUMENTS, STREAM_R
 
 
 __all__ = ["Board", "BoardInfo", "LinkCounters", "LinkError", "BoardReset", "BoardError", "StreamTimeout",
-           "pack_beats", "unpack_beats", "TRACE"]
+           "pack_beats", "unpack_beats", "unwrap", "COUNT_WRAP", "TRACE"]
 
 
 logger = logging.getLogger(__name__)
@@ -98,7 +98,8 @@ class BoardInfo:
     depth_bits: tuple
 
 
-_WRAP = 1 << 32
+#: The board counts stream bytes and frames modulo 2^32; the host's counts do not wrap (:func:`unwrap`).
+COUNT_WRAP = 1 << 32
 # Tags come round every 256 requests. A late duplicate reply arrives before the reply to any request sent after
 # its own transmission, so it could meet a new request with its tag only if some 255 requests were outstanding at
 # once; a transfer keeps at most a window of them (plus a session read and an ack).
@@ -117,9 +118,12 @@ _MEANINGS = {
 }
 
 
-def _unwrap(value, near):
-    """The integer congruent to ``value`` modulo 2^32 that is nearest to ``near``."""
-    return near + (value - near + (1 << 31)) % _WRAP - (1 << 31)
+def unwrap(value, near):
+    """The integer congruent to ``value`` modulo 2^32 that is nearest to ``near``: a board's count as the host
+    counts, right while the two lie within 2^31 of each other. ``value`` may be an array of counts."""
+    if not isinstance(value, int):
+        value = np.asarray(value, np.int64)         # unsigned fields would wrap in the subtraction
+    return near + (value - near + COUNT_WRAP // 2) % COUNT_WRAP - COUNT_WRAP // 2
 
 
 class _Hex:
@@ -433,9 +437,9 @@ class Board:
                         # A poll only when nothing else is in flight: nothing can be issued after it.
                         break
                     p = self._send(Command.READ_STREAM,
-                                   READ_STREAM_ARGUMENTS.pack(stream.number, state.position % _WRAP,
-                                                              issued % _WRAP, want),
-                                   f"READ_STREAM of {want} bytes of stream {name!r} at offset {issued % _WRAP}")
+                                   READ_STREAM_ARGUMENTS.pack(stream.number, state.position % COUNT_WRAP,
+                                                              issued % COUNT_WRAP, want),
+                                   f"READ_STREAM of {want} bytes of stream {name!r} at offset {issued % COUNT_WRAP}")
                     state.acked = max(state.acked, state.position)
                     issued_seq = p.sent_seq
                     waiting[p.tag] = (issued, want, not full)
@@ -465,7 +469,7 @@ class Board:
                             elif not data:
                                 idle_until = time.monotonic() + _POLL
                     elif len(data) != length or high < offset + length:
-                        self._surprise(f"{p.what} came back with {len(data)} bytes and high {high % _WRAP}")
+                        self._surprise(f"{p.what} came back with {len(data)} bytes and high {high % COUNT_WRAP}")
                     if data:
                         arrived[offset] = data
                     while state.position in arrived:
@@ -478,9 +482,9 @@ class Board:
         if state.position > state.acked:
             # Frees the ring now rather than at the next transfer; its reply is not waited for.
             p = self._send(Command.READ_STREAM,
-                           READ_STREAM_ARGUMENTS.pack(stream.number, state.position % _WRAP,
-                                                      state.position % _WRAP, 0),
-                           f"ack of stream {name!r} up to {state.position % _WRAP}")
+                           READ_STREAM_ARGUMENTS.pack(stream.number, state.position % COUNT_WRAP,
+                                                      state.position % COUNT_WRAP, 0),
+                           f"ack of stream {name!r} up to {state.position % COUNT_WRAP}")
             p.optional = True
             state.acked = state.position
         return bytes(out)
@@ -527,9 +531,9 @@ class Board:
                             break
                         length = room - room % beat
                     p = self._send(Command.WRITE_STREAM,
-                                   WRITE_STREAM_HEADER.pack(stream.number, issued % _WRAP) +
+                                   WRITE_STREAM_HEADER.pack(stream.number, issued % COUNT_WRAP) +
                                    data[issued - start:issued - start + length],
-                                   f"WRITE_STREAM of {length} bytes to stream {name!r} at offset {issued % _WRAP}")
+                                   f"WRITE_STREAM of {length} bytes to stream {name!r} at offset {issued % COUNT_WRAP}")
                     waiting[p.tag] = (issued, length)
                     issued_seq = p.sent_seq
                     issued += length
@@ -542,8 +546,8 @@ class Board:
                     if now >= idle_until:
                         # No room as far as we know: ask how much the board has consumed.
                         p = self._send(Command.WRITE_STREAM,
-                                       WRITE_STREAM_HEADER.pack(stream.number, state.high % _WRAP),
-                                       f"WRITE_STREAM poll of stream {name!r} at offset {state.high % _WRAP}")
+                                       WRITE_STREAM_HEADER.pack(stream.number, state.high % COUNT_WRAP),
+                                       f"WRITE_STREAM poll of stream {name!r} at offset {state.high % COUNT_WRAP}")
                         waiting[p.tag] = (state.high, 0)
                 until = None if waiting else idle_until if deadline is None else min(idle_until, deadline)
                 if waiting and issued >= end:
@@ -555,7 +559,7 @@ class Board:
                     high, _ = self._stream_reply(p, reply, state)
                     if reply.status is Status.OK:
                         if high < offset + length:
-                            self._surprise(f"{p.what} was answered OK with high {high % _WRAP}")
+                            self._surprise(f"{p.what} was answered OK with high {high % COUNT_WRAP}")
                         if length == 0 and state.low == low:
                             idle_until = time.monotonic() + _POLL
                     elif reply.status is Status.FULL:
@@ -566,7 +570,7 @@ class Board:
                         issued = min(issued, offset)
                         self._want_check(p.sent_seq)
                     else:
-                        self._surprise(f"{p.what} was refused (OFFSET) with high {high % _WRAP}")
+                        self._surprise(f"{p.what} was refused (OFFSET) with high {high % COUNT_WRAP}")
                     issued = max(issued, state.high)
         finally:
             self._abandon(waiting)
@@ -612,7 +616,7 @@ class Board:
         if reply.status not in (Status.OK, Status.OFFSET) or len(reply.payload) < STREAM_REPLY_HEADER.size:
             raise self._error(p, reply)
         low, high = STREAM_REPLY_HEADER.unpack_from(reply.payload)
-        high = _unwrap(high, low)
+        high = unwrap(high, low)
         state = _StreamState(low if stream.out else high, low, high)
         self._states[stream.name] = state
         return state
@@ -626,8 +630,8 @@ class Board:
         low, high = STREAM_REPLY_HEADER.unpack_from(reply.payload)
         if reply.status is Status.OFFSET and p.command == Command.READ_STREAM:
             self._surprise(f"{p.what} was refused (OFFSET): the board holds {low} to {high}")
-        high = _unwrap(high, state.high)
-        state.low = max(state.low, _unwrap(low, state.low))
+        high = unwrap(high, state.high)
+        state.low = max(state.low, unwrap(low, state.low))
         state.high = max(state.high, high)
         return high, reply.payload[STREAM_REPLY_HEADER.size:]
 

@@ -15,14 +15,13 @@ import time
 import numpy as np
 
 from .bits import unpack_bits
-from .board import pack_beats, unpack_beats
+from .board import COUNT_WRAP, pack_beats, unpack_beats, unwrap
 from .protocol import ProtocolError
 from .sifting import NOT_SENT, X, Z, SiftedBlock
 from ..wire import Control
 
 
-__all__ = ["configure_alice", "configure_bob", "BoardChoices", "BoardDetections", "FRACTION_BITS", "FRAME_WRAP",
-           "unwrap_frames"]
+__all__ = ["configure_alice", "configure_bob", "BoardChoices", "BoardDetections", "FRACTION_BITS"]
 
 
 logger = logging.getLogger(__name__)
@@ -31,19 +30,8 @@ logger = logging.getLogger(__name__)
 #: Fraction bits of Bob's slot period register (``period_high:period_low``).
 FRACTION_BITS = 24
 
-#: The boards number frames modulo 2^32 (the ``frames`` register and every frame field of the streams); the host
-#: numbers them without wrapping, and converts at the link.
-FRAME_WRAP = 1 << 32
-
 # Key memory commands (qkdlink.wire stream "key_commands").
 _CLEAR, _READ = 0, 1
-
-
-def unwrap_frames(raw, near):
-    """The host's frame numbers for the board's ``raw`` ones (modulo 2^32): for each, the number congruent to it
-    that is nearest ``near``, which is right while the board's frames lie within 2^31 frames of ``near``."""
-    raw = np.asarray(raw, np.int64)
-    return near + (raw - near + FRAME_WRAP // 2) % FRAME_WRAP - FRAME_WRAP // 2
 
 
 def configure_alice(board, *, period, p_z, thresholds):
@@ -141,7 +129,7 @@ class BoardChoices:
                                 f"{self.released}..{last - 1} being sifted")
         board = self.board
         if slots.size:
-            board.write_stream("lookups", pack_beats(board.streams["lookups"], frame=frame % FRAME_WRAP,
+            board.write_stream("lookups", pack_beats(board.streams["lookups"], frame=frame % COUNT_WRAP,
                                                      slot=slots & ((1 << self._frame_bits) - 1), basis=bob_bases))
         matches = _read_beats(board, "matches", slots.size, timeout=self.timeout)
         match = np.asarray(matches["match"], dtype=np.uint8)
@@ -155,7 +143,7 @@ class BoardChoices:
         self._key_intensity.append(intensities[(match == 1) & (bob_bases == Z)])
         if frames > self.released:
             board.write_stream("releases", pack_beats(board.streams["releases"],
-                                                      frame=np.arange(self.released, frames) % FRAME_WRAP))
+                                                      frame=np.arange(self.released, frames) % COUNT_WRAP))
             self.released = frames
         return bases, intensities
 
@@ -208,7 +196,7 @@ class BoardDetections:
         detections = self.board.streams["detections"]
         data = self.board.read_stream("detections")
         beats = unpack_beats(detections, data[:len(data) - len(data) % detections.beat_bytes])
-        beats["frame"] = unwrap_frames(beats["frame"], near)
+        beats["frame"] = unwrap(beats["frame"], near)
         for name in self._pending:
             self._pending[name] = np.concatenate([self._pending[name], np.asarray(beats[name], np.int64)])
 
@@ -217,7 +205,7 @@ class BoardDetections:
         deadline = time.monotonic() + self.timeout
         while done < self.end_frame:
             # Every frame before the last sync Bob saw is complete.
-            complete = min(int(unwrap_frames(self.board.read("frames")["frames"], done)) - 1, self.end_frame)
+            complete = min(int(unwrap(self.board.read("frames")["frames"], done)) - 1, self.end_frame)
             self._fetch(done)
             if complete <= done:
                 if time.monotonic() > deadline:

@@ -72,13 +72,12 @@ import numpy as np
 
 from . import auth
 from .bits import pack_bits
-from .board import Board, BoardError, LinkError, pack_beats, unpack_beats
+from .board import COUNT_WRAP, Board, BoardError, LinkError, pack_beats, unpack_beats, unwrap
 from .channel import ChannelClosed, connect, listen
 from .entropy import OSEntropy
 from .etsi014 import AssignedKey, KeyDeliveryServer, KeyIndex, KMEConfig, StoreDelivery
 from .finite_key import DecoySettings
-from .frontend import (FRAME_WRAP, BoardChoices, BoardDetections, configure_alice, configure_bob, start,
-                       unwrap_frames)
+from .frontend import BoardChoices, BoardDetections, configure_alice, configure_bob, start
 from .keystore import KeyStore, KeyStoreError, create_private_file
 from .messages import Message, ProtocolError
 from .protocol import Alice, Bob, ProtocolSettings
@@ -810,7 +809,7 @@ class _DetectionDrain:
     def read(self, before):
         stream = self.board.streams["detections"]
         beats = unpack_beats(stream, self.board.read_stream("detections"))
-        beats["frame"] = unwrap_frames(beats["frame"], before)
+        beats["frame"] = unwrap(beats["frame"], before)
         columns = {name: np.asarray(beats[name], np.int64) for name in self.kept}
         skip = min(self.skip, columns["frame"].size)
         self.skip -= skip
@@ -821,9 +820,6 @@ class _DetectionDrain:
         old = int(np.count_nonzero(columns["frame"] < before))
         _answer_not_sent(self.board, old)
         self.kept = {name: values[old:] for name, values in columns.items()}
-
-
-_OFFSET_WRAP = 1 << 32      # the board counts stream bytes modulo 2^32
 
 
 def beats_apart(read_bytes, read_beat, written_bytes, written_beat, *, bound=1 << 24):
@@ -841,17 +837,17 @@ def beats_apart(read_bytes, read_beat, written_bytes, written_beat, *, bound=1 <
         The counts fit no ``R - W`` within ``bound`` (or more than one): they are not whole beats of the two
         streams, or the streams are further apart than their buffers allow.
     """
-    read_bytes, written_bytes = read_bytes % _OFFSET_WRAP, written_bytes % _OFFSET_WRAP
-    g_written, g_read = math.gcd(written_beat, _OFFSET_WRAP), math.gcd(read_beat, _OFFSET_WRAP)
-    m_written, m_read = _OFFSET_WRAP // g_written, _OFFSET_WRAP // g_read
+    read_bytes, written_bytes = read_bytes % COUNT_WRAP, written_bytes % COUNT_WRAP
+    g_written, g_read = math.gcd(written_beat, COUNT_WRAP), math.gcd(read_beat, COUNT_WRAP)
+    m_written, m_read = COUNT_WRAP // g_written, COUNT_WRAP // g_read
     if m_read <= 2 * bound:
         raise ValueError(f"{read_beat}-byte beats repeat every {m_read} beats modulo 2^32: no unique difference "
                          f"within {bound}")
     found = set()
     if written_bytes % g_written == 0:
         first = written_bytes // g_written * pow(written_beat // g_written, -1, m_written) % m_written
-        for written in range(first, _OFFSET_WRAP, m_written):      # W modulo 2^32: gcd of them
-            rest = (read_bytes - written * read_beat) % _OFFSET_WRAP
+        for written in range(first, COUNT_WRAP, m_written):      # W modulo 2^32: gcd of them
+            rest = (read_bytes - written * read_beat) % COUNT_WRAP
             if rest % g_read:
                 continue
             apart = rest // g_read * pow(read_beat // g_read, -1, m_read) % m_read
@@ -890,11 +886,11 @@ def align_bob(endpoint, board, *, configure, check, timeout=60.0):
     drain.read(before=frame)
     endpoint.send(Message("align", {"frame": frame, "started": int(started), "check": json.dumps(check)}))
     first = endpoint.receive("aligned", timeout=timeout)["frame"]
-    if not isinstance(first, int) or first < 0 or (first - frame) % FRAME_WRAP:
+    if not isinstance(first, int) or first < 0 or (first - frame) % COUNT_WRAP:
         raise ProtocolError(f"Alice numbers frame {frame} of Bob's board {first!r}, not the same modulo 2^32")
     # Alice has released every frame before `frame`: once the board sees it begin, those are complete.
     deadline = time.monotonic() + timeout
-    while unwrap_frames(board.read("frames")["frames"], frame) <= frame:
+    while unwrap(board.read("frames")["frames"], frame) <= frame:
         if time.monotonic() > deadline:
             raise ProtocolError(f"frame {frame} did not begin within {timeout} s: is Alice's board emitting?")
         drain.read(before=frame)
@@ -923,15 +919,15 @@ def align_alice(endpoint, board, state, *, configure, check, timeout=60.0, max_a
                            for key in sorted(set(check) | set(theirs)) if check.get(key) != theirs.get(key))
         refuse(f"the two nodes' configurations differ: {differ}; give both the same settings")
     frame = align["frame"]
-    if not isinstance(frame, int) or not 0 <= frame < FRAME_WRAP:
+    if not isinstance(frame, int) or not 0 <= frame < COUNT_WRAP:
         refuse(f"Bob's board counts {frame!r} frames, not a 32-bit count")
     # Both boards number frames from 0 from their start, modulo 2^32; the host numbers them on, past 2^32, from the
     # frames Alice released. A board reset while the other ran numbers them apart.
     if board.read("control")["control"] & Control.RUN:
         released = state.get("released", 0)
-        frame = int(unwrap_frames(frame, released))
+        frame = int(unwrap(frame, released))
         if align["started"] or not released <= frame <= released + max_ahead:
-            refuse(f"the boards are out of step: Bob's counts {frame % FRAME_WRAP} frames (modulo 2^32)"
+            refuse(f"the boards are out of step: Bob's counts {frame % COUNT_WRAP} frames (modulo 2^32)"
                    f"{', started now' if align['started'] else ''}, Alice released {released}: one was reset while "
                    f"the other ran; restart both boards")
     else:
@@ -943,7 +939,7 @@ def align_alice(endpoint, board, state, *, configure, check, timeout=60.0, max_a
     if frame > released:
         # A release takes effect only when it names the oldest frame held: those already released are ignored.
         board.write_stream("releases", pack_beats(board.streams["releases"],
-                                                  frame=np.arange(released, frame, dtype=np.int64) % FRAME_WRAP))
+                                                  frame=np.arange(released, frame, dtype=np.int64) % COUNT_WRAP))
     _clear_key(board, "matches", "test")
     state.set("released", frame)
     endpoint.send(Message("aligned", {"frame": frame}))
